@@ -1,0 +1,1 @@
+"""The address book: domains, mailboxes, aliases, catch-all and per-domain settings."""

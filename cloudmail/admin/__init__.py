@@ -1,0 +1,1 @@
+"""Running the server: the service layer, the JSON admin API and the `cloudmail-admin` command."""

@@ -1,0 +1,98 @@
+"""The composition root: every component built once, lazily, from the config.
+
+`makeService` and `cloudmail-admin` build a `Container` and ask it for what they need; tests build
+the same container with a test config. Nothing else constructs components, so how a part is made
+is written in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from cloudmail.accounts.store import AccountStore
+from cloudmail.admin.service import AdminService
+from cloudmail.config import Config
+from cloudmail.database import Database
+from cloudmail.directory.builtin import BuiltinDirectory
+from cloudmail.directory.cred import Authenticator, MailboxChecker
+from cloudmail.interfaces import IDirectory
+from cloudmail.threads import ThreadPools
+
+
+class Container:
+    """Holds the config and the components built from it (each one built on first use)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @cached_property
+    def pools(self) -> ThreadPools:
+        """The thread pools for blocking work: one db thread, auth per core, ldap per the pool size."""
+        return ThreadPools({"db": 1, "auth": max(2, os.cpu_count() or 2),
+                            "ldap": self.config.ldap.pool_size})
+
+    @cached_property
+    def database(self) -> Database:
+        return Database(self.config.database.path, self.pools)
+
+    @cached_property
+    def accounts(self) -> AccountStore:
+        return AccountStore(self.database)
+
+    @cached_property
+    def directory(self) -> IDirectory:
+        if self.config.directory.backend == "ldap":
+            from cloudmail.directory.ldap import LdapDirectory
+            return LdapDirectory(self.config.ldap, self.pools)
+        return BuiltinDirectory(self.database, self.pools)
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        return Authenticator(self.accounts, self.directory, self.pools)
+
+    @cached_property
+    def checker(self) -> MailboxChecker:
+        """The twisted.cred checker every login of every protocol goes through."""
+        return MailboxChecker(self.authenticator)
+
+    @cached_property
+    def admin_service(self) -> AdminService:
+        return AdminService(self.accounts, self.directory, self.pools)
+
+    @cached_property
+    def certs(self):
+        from cloudmail.tls import CertStore
+        return CertStore(self.config.tls, self.config.server.hostname, self.config.server.data_dir)
+
+    def prepare_data_dir(self) -> None:
+        """Make the data folder (mode 0700) and open the database, before serving anyone."""
+        data_dir = self.config.server.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.database.open()
+
+    def admin_token(self) -> str:
+        """The admin API's bearer token, made (mode 0600) on first start."""
+        return ensure_token(self.config.admin.token_file)
+
+
+def ensure_token(path: Path) -> str:
+    """Read the token in `path`, or write a new random one there, readable by its owner only."""
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    return token

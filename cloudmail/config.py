@@ -1,0 +1,353 @@
+"""The configuration: one TOML file read into frozen dataclasses.
+
+Every key has a default, so an empty file (or no file) is the embedded default set-up. Every error
+names the file, the table and the key, and an unknown key is an error: a typo must never be
+silently ignored on a mail server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from cloudmail.errors import ConfigError
+
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "managesieve", "admin")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """`[server]`: who we are and where everything lives."""
+
+    hostname: str
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """`[listen]`: a Twisted server endpoint string per listener; "" disables it."""
+
+    smtp: str = "tcp:25"
+    submission: str = "tcp:587"
+    submissions: str = "tcp:465"
+    imap: str = "tcp:143"
+    imaps: str = "tcp:993"
+    managesieve: str = "tcp:4190"
+    admin: str = "tcp:8580:interface=127.0.0.1"
+
+    def enabled(self) -> dict[str, str]:
+        """The listeners that are switched on, by name."""
+        return {name: getattr(self, name) for name in LISTENER_NAMES if getattr(self, name)}
+
+
+@dataclass(frozen=True)
+class TlsCertificate:
+    """One PEM certificate chain and its key."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """`[tls]`: the default certificate, extra ones picked by SNI, and the protocol floor.
+
+    With no `cert`/`key`, a self-signed certificate for the hostname is made in the data folder.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    sni: tuple[TlsCertificate, ...] = ()
+    min_version: str = "1.2"
+    reload_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """`[database]`: the SQLite file of the store (relative paths are under the data folder)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    """`[ldap]`: where users and groups come from when `[directory] backend = "ldap"`.
+
+    `user_filter` and `group_filter` hold `{username}` / `{group}` placeholders; the values put in
+    are always escaped (RFC 4515), so a login name can never change the filter.
+    """
+
+    urls: tuple[str, ...] = ()
+    bind_dn: str = ""
+    bind_password: str = ""
+    bind_password_file: Path | None = None
+    start_tls: bool = False
+    ca_file: Path | None = None
+    verify_certificates: bool = True
+    user_base: str = ""
+    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={username}))"
+    username_attribute: str = "uid"
+    mail_attribute: str = "mail"
+    display_name_attribute: str = "cn"
+    group_base: str = ""
+    group_filter: str = "(&(objectClass=groupOfNames)(cn={group}))"
+    group_member_attribute: str = "member"
+    connect_timeout: float = 5.0
+    timeout: float = 10.0
+    pool_size: int = 4
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    """`[directory]`: which directory holds users, passwords and groups."""
+
+    backend: str = "builtin"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """`[admin]`: the JSON admin API's bearer token file (relative paths are under data_dir)."""
+
+    token_file: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `source` is the file it came from, or None for the defaults."""
+
+    source: Path | None
+    server: ServerConfig
+    listen: ListenConfig
+    tls: TlsConfig
+    database: DatabaseConfig
+    directory: DirectoryConfig
+    ldap: LdapConfig
+    admin: AdminConfig = field(repr=False)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate the config file at `path`, or build the embedded defaults for None."""
+    if path is None:
+        return _build(None, {})
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file")
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror}")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}")
+    return _build(source, raw)
+
+
+class _Table:
+    """One TOML table being read: hands out typed values and rejects what is left over."""
+
+    def __init__(self, source: Path | None, name: str, raw: Any) -> None:
+        self.source = source
+        self.name = name
+        if not isinstance(raw, dict):
+            raise self.error(None, "must be a table")
+        self.raw = dict(raw)
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        where = str(self.source) if self.source else "<defaults>"
+        at = f"[{self.name}]" + (f" {key}" if key else "")
+        return ConfigError(f"{where}: {at}: {message}")
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.raw:
+            return default
+        value = self.raw.pop(key)
+        if isinstance(value, bool) and kind in (int, float):
+            raise self.error(key, f"must be a number, not {value!r}")
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise self.error(key, f"must be {_article(names)}, not {type(value).__name__} {value!r}")
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        return self.take(key, str, default)
+
+    def path(self, key: str, default: Path | None, base: Path | None = None) -> Path | None:
+        value = self.take(key, str, None)
+        if value is None:
+            return default
+        if not value:
+            return None
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = (base or _config_dir(self.source)) / p
+        return Path(os.path.normpath(p))
+
+    def number(self, key: str, default: float, check: Callable[[float], bool], what: str) -> float:
+        value = self.take(key, float, default)
+        if not check(value):
+            raise self.error(key, f"must be {what}, not {value!r}")
+        return value
+
+    def finish(self) -> None:
+        if self.raw:
+            key = sorted(self.raw)[0]
+            raise self.error(key, "unknown key")
+
+
+def _article(names: str) -> str:
+    return ("an " if names[0] in "aeiou" else "a ") + names
+
+
+def _config_dir(source: Path | None) -> Path:
+    return source.parent.resolve() if source else Path.cwd()
+
+
+def _build(source: Path | None, raw: dict[str, Any]) -> Config:
+    known = {"server", "listen", "tls", "database", "directory", "ldap", "admin"}
+    for name in raw:
+        if name not in known:
+            where = str(source) if source else "<defaults>"
+            raise ConfigError(f"{where}: [{name}]: unknown table")
+    server = _server(_Table(source, "server", raw.get("server", {})))
+    data = server.data_dir
+    config = Config(
+        source=source,
+        server=server,
+        listen=_listen(_Table(source, "listen", raw.get("listen", {}))),
+        tls=_tls(_Table(source, "tls", raw.get("tls", {}))),
+        database=_database(_Table(source, "database", raw.get("database", {})), data),
+        directory=_directory(_Table(source, "directory", raw.get("directory", {}))),
+        ldap=_ldap(_Table(source, "ldap", raw.get("ldap", {}))),
+        admin=_admin(_Table(source, "admin", raw.get("admin", {})), data),
+    )
+    _check_cross_section(config)
+    return config
+
+
+def _server(t: _Table) -> ServerConfig:
+    from cloudmail.address import AddressError, normalize_domain
+
+    hostname = t.text("hostname", "") or socket.getfqdn()
+    try:
+        hostname = normalize_domain(hostname)
+    except AddressError as e:
+        raise t.error("hostname", str(e))
+    data_dir = t.path("data_dir", Path("/var/lib/cloudmail"))
+    if data_dir is None:
+        raise t.error("data_dir", "must not be empty")
+    t.finish()
+    return ServerConfig(hostname=hostname, data_dir=data_dir)
+
+
+def _listen(t: _Table) -> ListenConfig:
+    from twisted.internet import endpoints, reactor
+
+    values = {}
+    for f in fields(ListenConfig):
+        value = t.text(f.name, f.default)
+        if value:
+            try:
+                endpoints.serverFromString(reactor, value)
+            except (ValueError, TypeError, KeyError) as e:
+                raise t.error(f.name, f"not a valid endpoint string {value!r}: {e}")
+        values[f.name] = value
+    t.finish()
+    return ListenConfig(**values)
+
+
+def _tls(t: _Table) -> TlsConfig:
+    cert = t.path("cert", None)
+    key = t.path("key", None)
+    if (cert is None) != (key is None):
+        raise t.error("key" if key is None else "cert", "cert and key must be given together")
+    sni = []
+    for i, entry in enumerate(t.take("sni", list, [])):
+        sub = _Table(t.source, f"tls.sni.{i}", entry)
+        c, k = sub.path("cert", None), sub.path("key", None)
+        if c is None or k is None:
+            raise sub.error("cert" if c is None else "key", "is required")
+        sub.finish()
+        sni.append(TlsCertificate(cert=c, key=k))
+    if sni and cert is None:
+        raise t.error("sni", "needs a default cert and key")
+    min_version = t.text("min_version", "1.2")
+    if min_version not in ("1.2", "1.3"):
+        raise t.error("min_version", f'must be "1.2" or "1.3", not {min_version!r}')
+    interval = t.number("reload_interval", 10.0, lambda v: v >= 0, "0 (off) or more seconds")
+    t.finish()
+    return TlsConfig(cert, key, tuple(sni), min_version, interval)
+
+
+def _database(t: _Table, data_dir: Path) -> DatabaseConfig:
+    path = t.path("path", data_dir / "cloudmail.sqlite", base=data_dir)
+    if path is None:
+        raise t.error("path", "must not be empty")
+    t.finish()
+    return DatabaseConfig(path=path)
+
+
+def _directory(t: _Table) -> DirectoryConfig:
+    backend = t.text("backend", "builtin")
+    if backend not in ("builtin", "ldap"):
+        raise t.error("backend", f'must be "builtin" or "ldap", not {backend!r}')
+    t.finish()
+    return DirectoryConfig(backend=backend)
+
+
+def _ldap(t: _Table) -> LdapConfig:
+    d = LdapConfig()
+    urls = t.take("urls", list, [])
+    for url in urls:
+        if not isinstance(url, str) or not url.lower().startswith(("ldap://", "ldaps://")):
+            raise t.error("urls", f"each URL must start with ldap:// or ldaps://, not {url!r}")
+    values: dict[str, Any] = {"urls": tuple(urls)}
+    for name in ("bind_dn", "bind_password", "user_base", "user_filter", "username_attribute",
+                 "mail_attribute", "display_name_attribute", "group_base", "group_filter",
+                 "group_member_attribute"):
+        values[name] = t.text(name, getattr(d, name))
+    values["bind_password_file"] = t.path("bind_password_file", None)
+    values["ca_file"] = t.path("ca_file", None)
+    values["start_tls"] = t.take("start_tls", bool, d.start_tls)
+    values["verify_certificates"] = t.take("verify_certificates", bool, d.verify_certificates)
+    values["connect_timeout"] = t.number("connect_timeout", d.connect_timeout, lambda v: v > 0,
+                                         "more than 0 seconds")
+    values["timeout"] = t.number("timeout", d.timeout, lambda v: v > 0, "more than 0 seconds")
+    values["pool_size"] = int(t.number("pool_size", d.pool_size, lambda v: v == int(v) and 1 <= v <= 64,
+                                       "a whole number from 1 to 64"))
+    if "{username}" not in values["user_filter"]:
+        raise t.error("user_filter", "must contain {username}")
+    if "{group}" not in values["group_filter"]:
+        raise t.error("group_filter", "must contain {group}")
+    for name in ("user_filter", "group_filter"):
+        f = values[name]
+        if not (f.startswith("(") and f.endswith(")")):
+            raise t.error(name, f"must be an LDAP filter in parentheses, not {f!r}")
+    if any(url.lower().startswith("ldaps://") for url in urls) and values["start_tls"]:
+        raise t.error("start_tls", "cannot be used with ldaps:// URLs (they are TLS already)")
+    t.finish()
+    return LdapConfig(**values)
+
+
+def _admin(t: _Table, data_dir: Path) -> AdminConfig:
+    token_file = t.path("token_file", data_dir / "admin.token", base=data_dir)
+    if token_file is None:
+        raise t.error("token_file", "must not be empty")
+    t.finish()
+    return AdminConfig(token_file=token_file)
+
+
+def _check_cross_section(config: Config) -> None:
+    """Rules that span tables: LDAP needs URLs and a user base when it is the directory."""
+    if config.directory.backend == "ldap":
+        where = str(config.source) if config.source else "<defaults>"
+        if not config.ldap.urls:
+            raise ConfigError(f"{where}: [ldap] urls: required when [directory] backend is \"ldap\"")
+        if not config.ldap.user_base:
+            raise ConfigError(f"{where}: [ldap] user_base: required when [directory] backend is \"ldap\"")

@@ -1,0 +1,117 @@
+"""`twistd cloudmail`: the options and the service tree on one reactor.
+
+Listeners bind in `privilegedStartService` (as root, for ports under 1024); everything that writes
+to the data folder happens in `startService`, after twistd's `--uid/--gid` have dropped
+privileges, so the files belong to the user the server runs as. A broken config, a port in use or
+an unusable data folder stops the start with one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from cloudmail.app import Container
+from cloudmail.config import load_config
+from cloudmail.errors import ConfigError, DirectoryUnavailable
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """twistd cloudmail [--config FILE] [--check-config]"""
+
+    optParameters = [["config", "c", None, "The TOML config file (default: the embedded defaults)."]]
+    optFlags = [["check-config", None, "Check the config, print the result and exit."]]
+
+
+class Listener(strports.StreamServerEndpointService):
+    """A listener that, when its port cannot be bound, says which one in one line."""
+
+    def __init__(self, name: str, description: str, factory: Any) -> None:
+        service = strports.service(description, factory)
+        super().__init__(service.endpoint, factory)
+        self._raiseSynchronously = True
+        self.setName(name)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = e.socketError.strerror if hasattr(e.socketError, "strerror") else e.socketError
+            raise SystemExit(f"cloudmail: cannot listen for {self.name} on {self.description!r}: "
+                             f"{reason}")
+
+
+class CloudmailService(MultiService):
+    """The whole mail server: its listeners, TLS reloading and the thread pools."""
+
+    def __init__(self, container: Container) -> None:
+        super().__init__()
+        self.container = container
+        from cloudmail.admin.api import AdminApi
+        self.admin_api = AdminApi(container)
+        for name, description in container.config.listen.enabled().items():
+            if name == "admin":
+                Listener(name, description, Site(self.admin_api.resource())).setServiceParent(self)
+            else:
+                log.info("the {name} listener ({description}) comes with a later release; "
+                         "not listening", name=name, description=description)
+        container.pools.setServiceParent(self)
+
+    def _load_certs(self) -> None:
+        try:
+            self.container.certs.load()
+        except ConfigError as e:
+            raise SystemExit(f"cloudmail: {e}")
+
+    def privilegedStartService(self) -> None:
+        if self.container.config.tls.cert:
+            self._load_certs()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        try:
+            self.container.prepare_data_dir()
+            self.admin_api.token = self.container.admin_token()
+        except OSError as e:
+            raise SystemExit(f"cloudmail: data folder {self.container.config.server.data_dir}: "
+                             f"{e.strerror or e}")
+        if not self.container.config.tls.cert:
+            self._load_certs()
+        from cloudmail.tls import CertReloadService
+        CertReloadService(self.container.certs,
+                          self.container.config.tls.reload_interval).setServiceParent(self)
+        super().startService()
+        ensureDeferred(self._check_directory())
+        log.info("cloudmail started as {hostname}, data in {data_dir}",
+                 hostname=self.container.config.server.hostname,
+                 data_dir=str(self.container.config.server.data_dir))
+
+    async def _check_directory(self) -> None:
+        try:
+            await self.container.directory.check()
+        except DirectoryUnavailable as e:
+            log.warn("the directory is unavailable ({reason}); logins fail temporarily until it "
+                     "answers", reason=str(e))
+
+
+def makeService(options: Options) -> IService:
+    """Build the service tree from `--config`; a bad config ends the start with one clear line."""
+    try:
+        config = load_config(options["config"])
+    except ConfigError as e:
+        raise SystemExit(f"cloudmail: {e}")
+    if options["check-config"]:
+        print(f"cloudmail: {config.source or '<defaults>'}: config OK")
+        sys.exit(0)
+    return CloudmailService(Container(config))
