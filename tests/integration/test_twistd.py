@@ -1,0 +1,200 @@
+"""The server as operators run it: `twistd -n cloudmail` in a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_config
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_config(tmp_path: Path, port: int, **tables: dict) -> Path:
+    base = {
+        "server": {"hostname": "mail.example.test", "data_dir": str(tmp_path / "data")},
+        "listen": {"smtp": "", "submission": "", "submissions": "", "imap": "", "imaps": "",
+                   "managesieve": "", "admin": f"tcp:{port}:interface=127.0.0.1"},
+    }
+    for table, keys in tables.items():
+        base.setdefault(table, {}).update(keys)
+    return write_config(tmp_path / "cloudmail.toml", base)
+
+
+def twistd(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([TWISTD, "-n", "--pidfile=", "cloudmail", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_healthy(process: subprocess.Popen, port: int, seconds: float = 20) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"twistd exited {process.returncode}:\n{process.stdout.read()}")
+        try:
+            return get(port, "/health")[1]
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise AssertionError("the server did not answer /health in time")
+
+
+def stop(process: subprocess.Popen) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=20)
+    return output
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A running `twistd -n cloudmail` on the built-in directory; yields (process, port)."""
+    port = free_port()
+    process = twistd(tmp_path, "--config", str(server_config(tmp_path, port)))
+    try:
+        wait_healthy(process, port)
+        yield process, port
+    finally:
+        stop(process)
+
+
+def test_twistd_lists_the_plugin():
+    """After installing, `twistd --help` lists cloudmail."""
+    output = subprocess.run([TWISTD, "--help"], capture_output=True, text=True).stdout
+    assert "cloudmail" in output
+
+
+def test_first_start_makes_the_data_folder(server, tmp_path):
+    """One data folder: SQLite store, admin token (0600) and a self-signed certificate."""
+    process, port = server
+    data = tmp_path / "data"
+    assert (data / "cloudmail.sqlite").exists()
+    token_file = data / "admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert (data / "tls" / "cert.pem").exists() and (data / "tls" / "key.pem").exists()
+    token = token_file.read_text().strip()
+    assert get(port, "/api/v1/domains", token) == (200, {"items": []})
+    assert get(port, "/api/v1/domains")[0] == 401
+
+
+def test_token_survives_a_restart(tmp_path):
+    """The token made on first start is kept on the next start."""
+    port = free_port()
+    config = str(server_config(tmp_path, port))
+    for _ in range(2):
+        process = twistd(tmp_path, "--config", config)
+        wait_healthy(process, port)
+        token = (tmp_path / "data" / "admin.token").read_text().strip()
+        assert get(port, "/api/v1/users", token)[0] == 200
+        stop(process)
+        assert process.returncode == 0
+
+
+def test_check_config_reports_ok_and_errors(tmp_path):
+    """`--check-config` says OK for a good file, and names file, table and key for a bad one."""
+    good = server_config(tmp_path, free_port())
+    result = subprocess.run([TWISTD, "-n", "--pidfile=", "cloudmail", "--config", str(good),
+                             "--check-config"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and "config OK" in result.stdout
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[server]\nhostname = 'mail.example.test'\nflavour = 'x'\n", "[server] flavour: unknown key"),
+    ("[listen]\nimap = 'tcp:port'\n", "[listen] imap: not a valid endpoint string"),
+    ("[directory]\nbackend = 'ldap'\n", "[ldap] urls: required"),
+])
+def test_broken_config_stops_the_start_with_one_line(tmp_path, text, expected):
+    """A bad config: exit status 1 and one line naming the file, table and key; no traceback."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    process = twistd(tmp_path, "--config", str(path))
+    output = stop(process)
+    assert process.returncode == 1
+    assert f"cloudmail: {path}: {expected}" in output
+    assert "Traceback" not in output
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    """A listener whose port is taken stops the start, naming the listener and the port."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = twistd(tmp_path, "--config", str(server_config(tmp_path, port)))
+        output = stop(process)
+    assert process.returncode == 1
+    assert f"cloudmail: cannot listen for admin on 'tcp:{port}:interface=127.0.0.1'" in output
+    assert "Address already in use" in output
+    assert "Traceback" not in output
+
+
+def test_unwritable_data_folder_is_a_clear_error(tmp_path):
+    """A data folder that cannot be made stops the start with one line naming it."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    port = free_port()
+    config = server_config(tmp_path, port, server={"data_dir": str(blocker / "data")})
+    process = twistd(tmp_path, "--config", str(config))
+    output = stop(process)
+    assert process.returncode == 1
+    assert f"cloudmail: data folder {blocker / 'data'}:" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_uid_gid_drop_after_binding():
+    """With --uid/--gid the port is bound as root and the data files belong to the service user."""
+    import pwd
+    import tempfile
+    nobody = pwd.getpwnam("nobody")
+    tmp_path = Path(tempfile.mkdtemp(prefix="cloudmail-uid-"))
+    os.chmod(tmp_path, 0o755)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    port = free_port()
+    config = server_config(tmp_path, port)
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--uid", str(nobody.pw_uid), "--gid", str(nobody.pw_gid),
+         "cloudmail", "--config", str(config)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_healthy(process, port)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+        for name in ("cloudmail.sqlite", "admin.token", "tls/key.pem"):
+            assert (data / name).stat().st_uid == nobody.pw_uid
+    finally:
+        stop(process)
+        shutil.rmtree(tmp_path, ignore_errors=True)
