@@ -29,8 +29,8 @@ def on_sighup(callback: Callable[[], object]) -> Callable[[], None]:
     `twistd`'s `startService` is); the last unregistration puts the previous handler back. On a
     platform without SIGHUP the callback is kept but never called.
     """
-    _callbacks.append(callback)
     _install()
+    _callbacks.append(callback)
 
     def unregister() -> None:
         if callback in _callbacks:

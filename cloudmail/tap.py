@@ -8,6 +8,7 @@ an unusable data folder stops the start with one line saying what is wrong.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.web.server import Site
 
 from cloudmail.app import Container
 from cloudmail.config import load_config
+from cloudmail.database import SchemaTooNew
 from cloudmail.errors import ConfigError, DirectoryUnavailable
 
 log = Logger()
@@ -86,6 +88,8 @@ class CloudmailService(MultiService):
         except OSError as e:
             raise SystemExit(f"cloudmail: data folder {self.container.config.server.data_dir}: "
                              f"{e.strerror or e}")
+        except (sqlite3.Error, SchemaTooNew) as e:
+            raise SystemExit(f"cloudmail: database {self.container.config.database.path}: {e}")
         if not self.container.config.tls.cert:
             self._load_certs()
         from cloudmail.tls import CertReloadService

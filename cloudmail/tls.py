@@ -39,7 +39,8 @@ from cloudmail.signals import on_sighup
 
 log = Logger()
 
-#: Mozilla "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults, all good).
+#: Mozilla "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults, all good). The
+#: DHE ones are only used if DH parameters are set, which we leave to OpenSSL (it sets none).
 CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
@@ -95,24 +96,22 @@ class CertStore:
         self.data_dir = Path(data_dir)
         self._current: _Contexts | None = None
 
-    @property
-    def self_signed_files(self) -> TlsCertificate:
-        """Where the self-signed certificate lives when no certificate is configured."""
-        folder = self.data_dir / "tls"
-        return TlsCertificate(cert=folder / "cert.pem", key=folder / "key.pem")
-
     def load(self) -> None:
         """Read every certificate now; raises ConfigError naming the file that is wrong."""
         self._current = self._read()
         log.info("TLS certificates loaded for {names}", names=", ".join(self.names()))
 
     def reload(self) -> bool:
-        """Re-read the files; True if the certificates changed. Bad files keep the old ones."""
+        """Re-read the files; True if the certificates changed. Never raises: bad files are
+        logged and the old certificates kept."""
         try:
             new = self._read()
         except ConfigError as e:
             log.error("TLS certificates not reloaded, still serving the old ones: {error}",
                       error=str(e))
+            return False
+        except Exception:  # a LoopingCall stops on an exception: never let one out
+            log.failure("TLS certificates not reloaded, still serving the old ones")
             return False
         if self._current is not None and new.digest == self._current.digest:
             return False
@@ -127,26 +126,14 @@ class CertStore:
             seen.update(dict.fromkeys(loaded.names))
         return list(seen)
 
-    def certificates(self) -> tuple[LoadedCertificate, ...]:
-        """The loaded chains, default first (for status pages and expiry warnings)."""
-        return self._contexts().certificates
-
     def watched_files(self) -> list[Path]:
         """Every file a reload reads."""
         pairs = [self._default_files(), *self.config.sni]
         return [p for pair in pairs for p in (pair.cert, pair.key)]
 
-    def file_stamps(self) -> tuple[tuple[str, int, int, int] | None, ...]:
+    def file_stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
         """A cheap fingerprint of the files (mtime, size, inode; None if missing) for polling."""
-        stamps = []
-        for path in self.watched_files():
-            try:
-                st = os.stat(path)
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
-        return tuple(stamps)
+        return tuple(_stamp(path) for path in self.watched_files())
 
     def context_for(self, server_name: str | None) -> SSL.Context:
         """The context whose certificate names `server_name` (exact, then a one-label `*.`
@@ -170,15 +157,16 @@ class CertStore:
         return self._current
 
     def _default_files(self) -> TlsCertificate:
+        """The configured cert and key, or where the self-signed ones live (data_dir/tls/)."""
         if self.config.cert is not None and self.config.key is not None:
             return TlsCertificate(cert=self.config.cert, key=self.config.key)
-        return self.self_signed_files
+        return TlsCertificate(self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem")
 
     def _read(self) -> _Contexts:
         if self.config.cert is not None and self.config.key is not None:
             default = read_certificate(self._default_files(), "[tls]")
         else:
-            default = self._self_signed()
+            default = self._self_signed(self._default_files())
         loaded = [default] + [read_certificate(sni, f"[tls.sni.{i}]")
                               for i, sni in enumerate(self.config.sni)]
         contexts = tuple(self._context(certificate) for certificate in loaded)
@@ -219,19 +207,21 @@ class CertStore:
         if context is not connection.get_context():
             connection.set_context(context)
 
-    def _self_signed(self) -> LoadedCertificate:
-        files = self.self_signed_files
+    def _self_signed(self, files: TlsCertificate) -> LoadedCertificate:
         if files.cert.exists() and files.key.exists():
             try:
                 loaded = read_certificate(files, "[tls] self-signed")
             except ConfigError as e:
                 log.warn("making a new self-signed certificate: {error}", error=str(e))
             else:
-                leaf = loaded.chain[0]
-                fresh = leaf.not_valid_after_utc - _now() > SELF_SIGNED_RENEW
+                fresh = loaded.chain[0].not_valid_after_utc - _now() > SELF_SIGNED_RENEW
                 if fresh and self.hostname in loaded.names:
                     return loaded
-        make_self_signed(self.hostname, files)
+        try:
+            make_self_signed(self.hostname, files)
+        except OSError as e:
+            raise ConfigError(f"{e.filename or files.cert}: [tls] self-signed: cannot write: "
+                              f"{e.strerror}")
         log.info("made a self-signed certificate for {hostname} in {cert}",
                  hostname=self.hostname, cert=str(files.cert))
         return read_certificate(files, "[tls] self-signed")
@@ -245,7 +235,7 @@ class _ServerConnectionCreator:
         self.store = store
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return SSL.Connection(self.store._contexts().contexts[0], None)
+        return SSL.Connection(self.store.context_for(None), None)
 
 
 def read_certificate(files: TlsCertificate, table: str) -> LoadedCertificate:
@@ -305,10 +295,7 @@ def make_self_signed(hostname: str, files: TlsCertificate) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = _now()
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
@@ -327,19 +314,17 @@ def make_self_signed(hostname: str, files: TlsCertificate) -> None:
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    folder = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(folder)
     finally:
-        os.close(dir_fd)
+        os.close(folder)
 
 
 def _read_file(path: Path, what: str) -> bytes:
@@ -347,10 +332,16 @@ def _read_file(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what}: no such file")
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: {what}: is a folder, not a file")
     except OSError as e:
         raise ConfigError(f"{path}: {what}: cannot read: {e.strerror}")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _now() -> datetime.datetime:
@@ -370,7 +361,6 @@ class CertReloadService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._stamps = self.store.file_stamps()
         self._unregister = on_sighup(self.reload)
         if self.interval > 0:
             self._loop = LoopingCall(self.check)
@@ -381,10 +371,9 @@ class CertReloadService(Service):
     def stopService(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        self._loop = None
         if self._unregister is not None:
             self._unregister()
-            self._unregister = None
+        self._loop = self._unregister = None
         super().stopService()
 
     def check(self) -> bool:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.task import Clock
@@ -24,74 +23,9 @@ from cloudmail import signals
 from cloudmail.config import TlsCertificate, TlsConfig
 from cloudmail.errors import ConfigError
 from cloudmail.tls import CertReloadService, CertStore
+from tests.pki import Pki, key_pem, pem, replace
 
 HOSTNAME = "mail.example.test"
-
-
-# --- a test PKI: root CA → intermediate → leaf, like Let's Encrypt -------------------------------
-
-def _build(cn, public_key, signing_key, issuer=None, *, ca=False, names=(), days=30):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject if issuer else subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    )
-    builder = builder.add_extension(
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
-        critical=False)
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    if names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
-
-
-def _pem(cert):
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key):
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-class Pki:
-    """A root CA and an intermediate; `write()` makes a Let's Encrypt-like fullchain + privkey."""
-
-    def __init__(self):
-        self.root_key = ec.generate_private_key(ec.SECP256R1())
-        self.root = _build("Test Root CA", self.root_key.public_key(), self.root_key, ca=True,
-                           days=3650)
-        self.inter_key = ec.generate_private_key(ec.SECP256R1())
-        self.inter = _build("Test Intermediate R1", self.inter_key.public_key(), self.root_key,
-                            self.root, ca=True, days=1000)
-
-    def leaf(self, *names, use_rsa=False):
-        key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if use_rsa
-               else ec.generate_private_key(ec.SECP256R1()))
-        return _build(names[0], key.public_key(), self.inter_key, self.inter, names=names), key
-
-    def write(self, folder: Path, *names, use_rsa=False) -> TlsCertificate:
-        cert, key = self.leaf(*names, use_rsa=use_rsa)
-        folder.mkdir(parents=True, exist_ok=True)
-        files = TlsCertificate(cert=folder / "fullchain.pem", key=folder / "privkey.pem")
-        files.cert.write_bytes(_pem(cert) + _pem(self.inter))
-        files.key.write_bytes(_key_pem(key))
-        return files
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +97,16 @@ def test_self_signed_is_remade_when_the_hostname_changes(tmp_path):
     assert store.names() == [HOSTNAME]
 
 
+def test_self_signed_in_an_unwritable_place_is_a_config_error(tmp_path):
+    """If the self-signed certificate cannot be written, load() raises a ConfigError naming the
+    path, not an OSError traceback."""
+    (tmp_path / "file").write_text("not a folder")
+    store = CertStore(TlsConfig(), HOSTNAME, tmp_path / "file")
+    with pytest.raises(ConfigError) as e:
+        store.load()
+    assert str(e.value).startswith(f"{tmp_path / 'file' / 'tls'}: [tls] self-signed: cannot write")
+
+
 # --- loading configured certificates -------------------------------------------------------------
 
 @pytest.mark.parametrize("use_rsa", [False, True], ids=["ec", "rsa"])
@@ -171,7 +115,7 @@ def test_fullchain_and_privkey_load_as_they_are(pki, tmp_path, use_rsa):
     with the leaf as the served certificate and the intermediate kept in the chain."""
     files = pki.write(tmp_path / "le", HOSTNAME, "imap.example.test", use_rsa=use_rsa)
     store = store_for(files, tmp_path)
-    (loaded,) = store.certificates()
+    loaded = store.certificate_for(None)
     assert [c.subject for c in loaded.chain] == [loaded.chain[0].subject, pki.inter.subject]
     assert store.names() == [HOSTNAME, "imap.example.test"]
     assert leaf_of(store) == loaded.chain[0]
@@ -234,7 +178,7 @@ def test_garbled_pem_certificate_names_the_file(pki, tmp_path):
 def test_encrypted_key_is_refused_with_a_reason(pki, tmp_path):
     """A passphrase-protected key cannot be used unattended: the error says so and names it."""
     cert, key = pki.leaf(HOSTNAME)
-    (tmp_path / "c.pem").write_bytes(_pem(cert))
+    (tmp_path / "c.pem").write_bytes(pem(cert))
     (tmp_path / "k.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret")))
@@ -256,8 +200,8 @@ def test_mismatched_key_names_key_and_certificate(pki, tmp_path):
 def test_intermediate_first_is_a_mismatch(pki, tmp_path):
     """A chain with the intermediate before the leaf is caught (the leaf must come first)."""
     cert, key = pki.leaf(HOSTNAME)
-    (tmp_path / "c.pem").write_bytes(_pem(pki.inter) + _pem(cert))
-    (tmp_path / "k.pem").write_bytes(_key_pem(key))
+    (tmp_path / "c.pem").write_bytes(pem(pki.inter) + pem(cert))
+    (tmp_path / "k.pem").write_bytes(key_pem(key))
     with pytest.raises(ConfigError, match="does not match the certificate"):
         store_for(TlsCertificate(tmp_path / "c.pem", tmp_path / "k.pem"), tmp_path)
 
@@ -335,7 +279,7 @@ def test_reload_with_a_broken_key_keeps_the_old_certificate(pki, tmp_path, log_l
     store = store_for(files, tmp_path)
     old = leaf_of(store)
     _, stranger = pki.leaf(HOSTNAME)
-    files.key.write_bytes(_key_pem(stranger))
+    files.key.write_bytes(key_pem(stranger))
     assert store.reload() is False
     assert leaf_of(store) == old
     assert any(f"{files.key}: [tls] key: does not match" in line for line in log_lines)
@@ -370,6 +314,29 @@ def test_reload_service_polls_file_changes(pki, tmp_path):
     finally:
         service.stopService()
     assert not clock.getDelayedCalls()
+
+
+def test_reload_service_keeps_polling_after_a_bad_reload(pki, tmp_path):
+    """A poll that finds half-replaced files (new key, old cert) keeps the old certificate and
+    the next poll, once the cert is replaced too, loads the new pair."""
+    files = pki.write(tmp_path / "le", HOSTNAME)
+    store = store_for(files, tmp_path)
+    old_cert = files.cert.read_bytes()
+    clock = Clock()
+    service = CertReloadService(store, 1, clock=clock)
+    service.startService()
+    try:
+        old = leaf_of(store)
+        pki.write(tmp_path / "le", HOSTNAME)
+        new_cert = files.cert.read_bytes()
+        replace(files.cert, old_cert)
+        clock.advance(1)
+        assert leaf_of(store) == old
+        replace(files.cert, new_cert)
+        clock.advance(1)
+        assert leaf_of(store) != old
+    finally:
+        service.stopService()
 
 
 def test_reload_service_interval_zero_does_not_poll(pki, tmp_path):
