@@ -251,7 +251,7 @@ class AccountStore:
     def list_aliases(self, domain: str | None = None, mailbox: Address | None = None):
         def select(conn: sqlite3.Connection) -> list[Alias]:
             if mailbox is not None:
-                require_mailbox(conn, mailbox)
+                require_mailbox(conn, mailbox, "mailbox")
                 rows = conn.execute("SELECT * FROM aliases WHERE mailbox_local = ? AND "
                                     "mailbox_domain = ? ORDER BY domain, local",
                                     (mailbox.local, mailbox.domain))

@@ -146,11 +146,11 @@ class AdminService:
         return domain_json(await self.accounts.get_domain(self._known_domain(name)))
 
     @staticmethod
-    def _known_domain(name: Any) -> str:
+    def _known_domain(name: Any, field: str = "name") -> str:
         try:
-            return normalize_domain(text(name, "name"))
+            return normalize_domain(text(name, field))
         except AddressError:
-            raise NotFound("name", f"no domain {name!r}")
+            raise NotFound(field, f"no domain {name!r}")
 
     async def add_domain(self, name: Any) -> dict[str, Any]:
         domain = domain_name(name)
@@ -307,7 +307,7 @@ class AdminService:
     # Mailboxes and aliases
 
     async def list_mailboxes(self, domain: Any = None, owner: Any = None) -> list[dict[str, Any]]:
-        name = self._known_domain(domain) if domain is not None else None
+        name = self._known_domain(domain, "domain") if domain is not None else None
         owner_name = text(owner, "owner", optional=True)
         mailboxes = await self.accounts.list_mailboxes(domain=name, owner=owner_name)
         return [mailbox_json(m) for m in mailboxes]
@@ -378,7 +378,7 @@ class AdminService:
         await self._transact(store.delete_mailbox, lookup_address(addr))
 
     async def list_aliases(self, domain: Any = None, mailbox: Any = None) -> list[dict[str, Any]]:
-        name = self._known_domain(domain) if domain is not None else None
+        name = self._known_domain(domain, "domain") if domain is not None else None
         target = lookup_address(mailbox, "mailbox") if mailbox is not None else None
         return [alias_json(a) for a in await self.accounts.list_aliases(domain=name, mailbox=target)]
 
@@ -404,6 +404,12 @@ class AdminService:
         """
         self._writable_directory()
         checked = [self._check_import_row(row) for row in rows]
+        groups = {g.name for g in await self.directory.list_groups()}
+        for row, (_, _, aliases) in zip(rows, checked):
+            for alias in aliases:
+                if alias.local in groups:
+                    raise Conflict("aliases", f"line {row.line}: {alias.local!r} is the name of "
+                                              "a group")
         hashes = []
         for row in rows:
             if row.password is not None:
@@ -439,8 +445,8 @@ class AdminService:
             username = check_username(row.username)
             check_new_password(row.password, row.password_hash)
             if not row.mailboxes:
-                raise Invalid("addresses", "at least one mailbox address is needed")
-            mailboxes = [address(a, "addresses") for a in row.mailboxes]
+                raise Invalid("mailboxes", "at least one mailbox address is needed")
+            mailboxes = [address(a, "mailboxes") for a in row.mailboxes]
             aliases = [address(a, "aliases") for a in row.aliases]
         except ServiceError as e:
             raise type(e)(e.field, f"line {row.line}: {e.message}")

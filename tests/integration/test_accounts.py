@@ -234,3 +234,18 @@ async def test_a_second_container_sees_the_same_store(tmp_path):
         for c in (a, b):
             await c.database.close()
             c.pools.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_import_keeps_the_alias_rules(container):
+    """An imported alias may not be a group's name either; the whole import is refused."""
+    from cloudmail.admin.service import ImportRow
+    s = container.admin_service
+    await s.add_domain("example.com")
+    await s.add_user("bob", password="battery staple")
+    await s.add_group("team", members=["bob"])
+    rows = [ImportRow(2, "carol", "long enough", None, "", ("carol@example.com",),
+                      ("team@example.com",))]
+    with pytest.raises(Conflict, match="line 2: 'team' is the name of a group"):
+        await s.import_users(rows)
+    assert [u["username"] for u in await s.list_users()] == ["bob"]

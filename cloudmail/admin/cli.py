@@ -1,0 +1,514 @@
+"""`cloudmail-admin`: the address book from the command line.
+
+A thin front end over `AdminService`, the same service layer as the admin API: this module parses
+arguments, reads secrets and CSV files, calls one service coroutine and prints its answer (an
+aligned table, `key: value` lines, or with `--json` the service's JSON). Every rule lives in the
+service, so the command line can never accept what the API refuses.
+
+It opens the server's own SQLite file through the same `Container`; WAL mode lets it run while the
+server does. Passwords are read from stdin only, never from arguments (they would show in `ps`).
+
+With `--json`, commands that delete print nothing (the service returns nothing); errors are
+always one line on stderr. Exit status: 0 done; 1 the request could not be done (ServiceError,
+unavailable directory, unreadable or malformed input file); 2 usage or configuration error;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cloudmail.admin.service import AdminService, ImportRow
+from cloudmail.app import Container
+from cloudmail.config import load_config
+from cloudmail.database import SchemaTooNew
+from cloudmail.errors import ConfigError, DirectoryUnavailable, ServiceError
+
+PROG = "cloudmail-admin"
+IMPORT_COLUMNS = ("username", "password", "password_hash", "display_name", "mailboxes", "aliases")
+IMPORT_REQUIRED = ("username", "mailboxes")
+
+Run = Callable[[AdminService, argparse.Namespace], Any]
+
+
+class CommandError(Exception):
+    """A user error the command line finds itself (unreadable file, malformed CSV): exit 1."""
+
+
+# Output
+
+
+def plain(value: Any) -> str:
+    """One value as table or `show` text."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value) if value else "-"
+    return str(value)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as (dotted key, value) pairs, in order."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            pairs.extend(flatten(value, f"{prefix}{key}."))
+        else:
+            pairs.append((prefix + key, value))
+    return pairs
+
+
+def show(data: dict[str, Any]) -> str:
+    """`key: value` lines, values aligned."""
+    pairs = flatten(data)
+    width = max(len(k) for k, _ in pairs) + 1
+    return "\n".join(f"{k + ':':<{width}} {plain(v)}".rstrip() for k, v in pairs)
+
+
+def table(*columns: tuple[str, Callable[[dict[str, Any]], Any]]) -> Callable[[list], str]:
+    """A view printing rows as an aligned table: a header row, then one line per row."""
+    def render(rows: list[dict[str, Any]]) -> str:
+        lines = [[header for header, _ in columns]]
+        lines += [[plain(get(row)) for _, get in columns] for row in rows]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                         for line in lines)
+    return render
+
+
+def key(name: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row[name]
+
+
+class Done:
+    """The view of a command that returns nothing: a line saying what was done."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    def render(self, args: argparse.Namespace) -> str:
+        return self.template.format(**vars(args))
+
+
+def relay_text(domain: dict[str, Any]) -> str | None:
+    relay = domain["relay"]
+    return f"{relay['host']}:{relay['port']} ({relay['tls']})" if relay["host"] else None
+
+
+def catchall_text(data: dict[str, Any]) -> str:
+    targets = (plain(data["mailboxes"]) if data["mailboxes"]
+               else "none (unknown addresses are rejected)")
+    return f"domain:    {data['domain']}\nmailboxes: {targets}"
+
+
+def import_text(counts: dict[str, Any]) -> str:
+    return (f"imported {counts['users']} users, {counts['mailboxes']} mailboxes, "
+            f"{counts['aliases']} aliases in {counts['seconds']:.1f} s")
+
+
+DOMAINS = table(("NAME", key("name")), ("DKIM SELECTOR", lambda d: d["dkim"]["selector"]),
+                ("RELAY", relay_text), ("MASQUERADE", key("masquerade")),
+                ("CREATED", key("created")))
+USERS = table(("USERNAME", key("username")), ("DISPLAY NAME", key("display_name")))
+MAILBOXES = table(("ADDRESS", key("address")), ("OWNER TYPE", key("owner_type")),
+                  ("OWNER", key("owner")), ("CREATED", key("created")))
+ALIASES = table(("ADDRESS", key("address")), ("MAILBOX", key("mailbox")),
+                ("CREATED", key("created")))
+GROUPS = table(("NAME", key("name")), ("MEMBERS", key("members")))
+
+
+# Input
+
+
+def read_secret(prompt: str) -> str:
+    """A password from stdin: asked twice, unechoed, at a terminal; else read (one newline cut)."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if getpass.getpass("Again: ") != first:
+            raise CommandError("the passwords do not match")
+        return first
+    value = sys.stdin.read()
+    if value.endswith("\r\n"):
+        return value[:-2]
+    return value[:-1] if value.endswith("\n") else value
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read {what}: {e.strerror or e}")
+    except UnicodeDecodeError:
+        raise CommandError(f"{path}: {what} is not UTF-8 text")
+
+
+def read_import_csv(path: str) -> list[ImportRow]:
+    """Parse the import CSV into ImportRows (line numbers are file lines; the header is line 1).
+
+    Columns, by header name in any order: `username` and `mailboxes` (required), `password` and/or
+    `password_hash`, `display_name`, `aliases`. `mailboxes` and `aliases` hold space-separated
+    addresses; aliases go to the first mailbox. Exactly one of password/password_hash per row is
+    checked by the service, with the rest of the rules.
+    """
+    reader = csv.reader(read_text(path, "the CSV file").splitlines(keepends=True), strict=True)
+    try:
+        header = [name.strip().lower() for name in next(reader, [])]
+        if not header:
+            raise CommandError(f"{path}: line 1: the header row is missing")
+        unknown = [name for name in header if name not in IMPORT_COLUMNS]
+        if unknown:
+            raise CommandError(f"{path}: line 1: unknown column {unknown[0]!r} (known: "
+                               f"{', '.join(IMPORT_COLUMNS)})")
+        missing = [name for name in IMPORT_REQUIRED if name not in header]
+        if missing or not {"password", "password_hash"} & set(header):
+            need = missing[0] if missing else "password or password_hash"
+            raise CommandError(f"{path}: line 1: the header has no {need} column")
+        if len(set(header)) != len(header):
+            raise CommandError(f"{path}: line 1: a column is named twice")
+        rows = []
+        line = reader.line_num + 1
+        for fields in reader:
+            if fields:
+                if len(fields) != len(header):
+                    raise CommandError(f"{path}: line {line}: expected {len(header)} fields, "
+                                       f"found {len(fields)}")
+                cell = dict(zip(header, (f.strip() for f in fields)))
+                rows.append(ImportRow(
+                    line=line, username=cell["username"],
+                    password=cell.get("password") or None,
+                    password_hash=cell.get("password_hash") or None,
+                    display_name=cell.get("display_name", ""),
+                    mailboxes=tuple(cell["mailboxes"].split()),
+                    aliases=tuple(cell.get("aliases", "").split())))
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise CommandError(f"{path}: line {reader.line_num}: malformed CSV: {e}")
+    return rows
+
+
+def relay_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The `relay` object of `domain set` from `--relay HOST[:PORT]` and its companions."""
+    host, _, port = args.relay.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = args.relay, ""
+    relay: dict[str, Any] = {"host": host}
+    if args.relay_tls is not None:
+        relay["tls"] = args.relay_tls
+    if port:
+        relay["port"] = int(port)
+    if args.relay_username is not None:
+        relay["username"] = args.relay_username
+    if args.relay_password is not None:
+        relay["password"] = args.relay_password
+    return relay
+
+
+def domain_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings `domain set` changes, as the service's `update_domain` takes them."""
+    changes: dict[str, Any] = {}
+    if args.dkim_selector is not None:
+        changes["dkim_selector"] = args.dkim_selector
+    if args.dkim_key_file is not None:
+        changes["dkim_private_key"] = read_text(args.dkim_key_file, "the DKIM key")
+    if args.masquerade is not None:
+        changes["masquerade"] = args.masquerade == "on"
+    if args.no_relay:
+        changes["relay"] = None
+    elif args.relay is not None:
+        changes["relay"] = relay_settings(args)
+    elif args.relay_username or args.relay_password_stdin or args.relay_tls:
+        raise CommandError("--relay-username, --relay-password-stdin and --relay-tls need --relay")
+    if not changes:
+        raise CommandError("domain set: nothing to change (see --help)")
+    return changes
+
+
+def read_inputs(args: argparse.Namespace) -> None:
+    """Read what comes from stdin and files before the reactor starts, so it never waits on them."""
+    args.password = read_secret("Password: ") if getattr(args, "password_stdin", False) else None
+    args.relay_password = (read_secret("Relay password: ")
+                           if getattr(args, "relay_password_stdin", False) else None)
+    if args.run is domain_set:
+        args.changes = domain_changes(args)
+    if args.run is import_users:
+        args.rows = read_import_csv(args.file)
+
+
+# Commands: each takes the service and the arguments and returns the service's JSON
+
+
+def domain_set(s: AdminService, a: argparse.Namespace):
+    return s.update_domain(a.name, a.changes)
+
+
+async def import_users(s: AdminService, a: argparse.Namespace) -> dict[str, Any]:
+    """Import the rows, hashing with a progress bar on stderr (when it is a terminal)."""
+    from tqdm import tqdm
+
+    start = time.monotonic()
+    with tqdm(total=len(a.rows), unit="user", desc="hashing", file=sys.stderr,
+              disable=None, leave=False) as bar:
+        counts = await s.import_users(a.rows, bar.update)
+    return {**counts, "seconds": round(time.monotonic() - start, 2)}
+
+
+async def mailbox_add(s: AdminService, a: argparse.Namespace) -> dict[str, Any]:
+    if a.app:
+        created = await s.add_mailbox(a.address, None, "app")
+        print(f"{PROG}: note: the app password is shown only now; keep it", file=sys.stderr)
+        return created
+    if a.owner_group is not None:
+        return await s.add_mailbox(a.address, a.owner_group, "group")
+    return await s.add_mailbox(a.address, a.owner, "user")
+
+
+class Commands:
+    """Builds the parser: nouns, then verbs, each verb with its service call and its view."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
+
+    def noun(self, name: str, help: str) -> argparse._SubParsersAction:
+        parser = self.nouns.add_parser(name, help=help, description=help, allow_abbrev=False)
+        return parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    @staticmethod
+    def verb(verbs: argparse._SubParsersAction, name: str, help: str, run: Run,
+             view: Any = show) -> argparse.ArgumentParser:
+        """Add a verb: `run` calls the service, `view` turns its result into text (or a `Done`)."""
+        parser = verbs.add_parser(name, help=help, description=help, allow_abbrev=False)
+        parser.set_defaults(run=run, view=view)
+        return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, allow_abbrev=False,
+        description="Manage cloudmail's domains, users, groups, mailboxes and aliases. Works on "
+                    "the server's database directly, also while the server runs.")
+    parser.add_argument("--config", "-c", metavar="FILE",
+                        help="the server's TOML config file (default: the embedded defaults)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the JSON the service returns instead of a table")
+    c = Commands(parser)
+
+    v = c.noun("domain", "mail domains, their DKIM keys and outbound relays")
+    p = c.verb(v, "add", "add a domain (a DKIM key is made for it)",
+               lambda s, a: s.add_domain(a.name))
+    p.add_argument("name")
+    c.verb(v, "list", "list the domains", lambda s, a: s.list_domains(), DOMAINS)
+    p = c.verb(v, "show", "show a domain with the DKIM TXT record to publish",
+               lambda s, a: s.get_domain(a.name))
+    p.add_argument("name")
+    p = c.verb(v, "delete", "delete a domain (it must hold no mailboxes or aliases)",
+               lambda s, a: s.delete_domain(a.name), Done("deleted domain {name}"))
+    p.add_argument("name")
+    p = c.verb(v, "set", "change a domain's DKIM selector or key, masquerading or relay",
+               domain_set)
+    p.add_argument("name")
+    p.add_argument("--dkim-selector", metavar="S", help="the DKIM selector (a DNS label)")
+    p.add_argument("--dkim-key-file", metavar="PEM", help="an RSA or Ed25519 private key file")
+    p.add_argument("--masquerade", choices=("on", "off"),
+                   help="let users send as any address of the domain")
+    relay = p.add_mutually_exclusive_group()
+    relay.add_argument("--relay", metavar="HOST[:PORT]", help="send outbound mail through HOST")
+    relay.add_argument("--no-relay", action="store_true", help="deliver directly by MX again")
+    p.add_argument("--relay-username", metavar="U", help="the relay login name")
+    p.add_argument("--relay-password-stdin", action="store_true",
+                   help="read the relay password from stdin")
+    p.add_argument("--relay-tls", choices=("starttls", "tls", "none"),
+                   help="how to reach the relay (default starttls)")
+
+    v = c.noun("user", "users of the built-in directory")
+    p = c.verb(v, "add", "add a user with a password from stdin or a ready hash",
+               lambda s, a: s.add_user(a.name, a.password, a.password_hash, a.display_name))
+    p.add_argument("name")
+    secret = p.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password-stdin", action="store_true",
+                        help="read the password from stdin")
+    secret.add_argument("--password-hash", metavar="HASH",
+                        help="an argon2, bcrypt or {SSHA} hash (made argon2id at first login)")
+    p.add_argument("--display-name", metavar="TEXT", default="")
+    c.verb(v, "list", "list the users", lambda s, a: s.list_users(), USERS)
+    p = c.verb(v, "show", "show a user and its mailboxes", lambda s, a: s.get_user(a.name))
+    p.add_argument("name")
+    p = c.verb(v, "passwd", "set a user's password (read from stdin)",
+               lambda s, a: s.update_user(a.name, a.password),
+               Done("changed the password of {name}"))
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", required=True,
+                   help="read the password from stdin")
+    p = c.verb(v, "delete", "delete a user (it must own no mailboxes)",
+               lambda s, a: s.delete_user(a.name), Done("deleted user {name}"))
+    p.add_argument("name")
+
+    v = c.noun("mailbox", "mailboxes of users, groups and apps")
+    p = c.verb(v, "add", "add a mailbox; an app mailbox's password is printed once", mailbox_add)
+    p.add_argument("address")
+    owner = p.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--owner", metavar="USER", help="the user who owns it")
+    owner.add_argument("--owner-group", metavar="GROUP", help="the group it forwards to")
+    owner.add_argument("--app", action="store_true", help="an app mailbox (name.app@domain)")
+    p = c.verb(v, "list", "list mailboxes", lambda s, a: s.list_mailboxes(a.domain, a.owner),
+               MAILBOXES)
+    p.add_argument("--domain", metavar="D", help="only those of this domain")
+    p.add_argument("--owner", metavar="O", help="only those of this user or group")
+    p = c.verb(v, "show", "show a mailbox and its aliases", lambda s, a: s.get_mailbox(a.address))
+    p.add_argument("address")
+    p = c.verb(v, "delete", "delete a mailbox with its aliases (its mail stays on disk)",
+               lambda s, a: s.delete_mailbox(a.address), Done("deleted mailbox {address}"))
+    p.add_argument("address")
+
+    v = c.noun("alias", "other addresses of mailboxes")
+    p = c.verb(v, "add", "add an alias of a mailbox", lambda s, a: s.add_alias(a.address, a.to))
+    p.add_argument("address")
+    p.add_argument("--to", metavar="MAILBOX", required=True, help="the mailbox it delivers to")
+    p = c.verb(v, "list", "list aliases", lambda s, a: s.list_aliases(a.domain, a.mailbox), ALIASES)
+    p.add_argument("--domain", metavar="D", help="only those of this domain")
+    p.add_argument("--mailbox", metavar="M", help="only those of this mailbox")
+    p = c.verb(v, "delete", "delete an alias", lambda s, a: s.delete_alias(a.address),
+               Done("deleted alias {address}"))
+    p.add_argument("address")
+
+    v = c.noun("group", "groups of users (an address makes a group mailbox too)")
+    p = c.verb(v, "add", "add a group; given NAME@DOMAIN, also its group mailbox",
+               lambda s, a: s.add_group(a.name, a.member))
+    p.add_argument("name", metavar="NAME_OR_ADDRESS")
+    p.add_argument("--member", metavar="USER", action="append", default=[],
+                   help="a member (repeat for more)")
+    c.verb(v, "list", "list the groups", lambda s, a: s.list_groups(), GROUPS)
+    p = c.verb(v, "show", "show a group, its members and mailboxes",
+               lambda s, a: s.get_group(a.name))
+    p.add_argument("name")
+    p = c.verb(v, "delete", "delete a group (it must own no mailboxes)",
+               lambda s, a: s.delete_group(a.name), Done("deleted group {name}"))
+    p.add_argument("name")
+    members = v.add_parser("member", help="add or remove group members",
+                           description="add or remove group members", allow_abbrev=False)
+    mv = members.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = c.verb(mv, "add", "put a user in a group", lambda s, a: s.add_member(a.name, a.user))
+    p.add_argument("name")
+    p.add_argument("user")
+    p = c.verb(mv, "remove", "take a user out of a group",
+               lambda s, a: s.remove_member(a.name, a.user))
+    p.add_argument("name")
+    p.add_argument("user")
+
+    v = c.noun("catchall", "where mail to a domain's unknown addresses goes")
+    p = c.verb(v, "set", "set the catch-all mailboxes (none: unknown addresses are rejected)",
+               lambda s, a: s.set_catchall(a.domain, a.mailboxes), catchall_text)
+    p.add_argument("domain")
+    p.add_argument("mailboxes", metavar="MAILBOX", nargs="*")
+    p = c.verb(v, "show", "show the catch-all mailboxes", lambda s, a: s.get_catchall(a.domain),
+               catchall_text)
+    p.add_argument("domain")
+
+    p = c.nouns.add_parser(
+        "import", allow_abbrev=False,
+        help="create users with mailboxes and aliases from a CSV file",
+        description="Create users with their mailboxes and aliases from a CSV file, all or "
+                    "none.\n\n"
+                    "The header row (line 1) names the columns: username, mailboxes (space-\n"
+                    "separated addresses), password or password_hash (one of them per row),\n"
+                    "and optionally display_name and aliases (space-separated; they deliver to\n"
+                    "the first mailbox). Errors name the line. A progress bar shows on a terminal.",
+        epilog="example:\n  username,password,password_hash,display_name,mailboxes,aliases\n"
+               "  alice,correct horse,,Alice,alice@example.com alice@example.org,al@example.com\n"
+               "  bob,,$2b$12$...,Bob,bob@example.com,",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=import_users, view=import_text)
+    p.add_argument("file", metavar="FILE.csv")
+    return parser
+
+
+# Running
+
+
+def run_on_reactor(container: Container, args: argparse.Namespace) -> Any:
+    """Run the command's service call on the reactor and return its result (or raise its error)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.error import ReactorNotRunning
+
+    outcome: list[Any] = []
+
+    async def work() -> Any:
+        try:
+            return await args.run(container.admin_service, args)
+        finally:
+            await container.database.close()
+
+    def stop(result: Any) -> None:
+        outcome.append(result)
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    reactor.callWhenRunning(lambda: ensureDeferred(work()).addBoth(stop))
+    reactor.run()
+    if not outcome:
+        raise KeyboardInterrupt()
+    if hasattr(outcome[0], "raiseException"):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+def fail(message: str, status: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit status. Runs the reactor, so only once per process."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return fail(str(e), 2)
+    try:
+        read_inputs(args)
+    except CommandError as e:
+        return fail(str(e), 1)
+    container = Container(config)
+    try:
+        container.prepare_data_dir()
+        result = run_on_reactor(container, args)
+    except ServiceError as e:
+        return fail(str(e), 1)
+    except DirectoryUnavailable as e:
+        return fail(f"the directory is unavailable, try again later ({e})", 1)
+    except OSError as e:
+        return fail(f"data folder {config.server.data_dir}: {e.strerror or e}", 1)
+    except (sqlite3.Error, SchemaTooNew) as e:
+        return fail(f"database {config.database.path}: {e}", 1)
+    except KeyboardInterrupt:
+        # Stopping the pools would first run every queued job (a big import's hashes): end now.
+        # Whatever was not committed is rolled back by SQLite, as after a crash.
+        fail("interrupted; a change not yet committed is not applied", 130)
+        sys.stderr.flush()
+        os._exit(130)
+    finally:
+        container.pools.stopService()
+    if args.json:
+        if result is not None:
+            print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(args.view.render(args) if isinstance(args.view, Done) else args.view(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
