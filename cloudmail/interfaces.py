@@ -59,6 +59,9 @@ class IDirectory(Interface):
     def check():
         """Fire with None when the directory answers; errback `DirectoryUnavailable` if not."""
 
+    def close():
+        """Let go of open connections at shutdown; fire when done."""
+
 
 class IDirectoryAdmin(Interface):
     """The changes a writable (built-in) directory takes. LDAP is changed in LDAP, not here."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -68,7 +68,6 @@ class CloudmailService(MultiService):
             else:
                 log.info("the {name} listener ({description}) comes with a later release; "
                          "not listening", name=name, description=description)
-        container.pools.setServiceParent(self)
 
     def _load_certs(self) -> None:
         try:
@@ -100,6 +99,16 @@ class CloudmailService(MultiService):
         log.info("cloudmail started as {hostname}, data in {data_dir}",
                  hostname=self.container.config.server.hostname,
                  data_dir=str(self.container.config.server.data_dir))
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, then let the directory and the store close, then the thread pools."""
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await super().stopService()
+        await self.container.directory.close()
+        await self.container.database.close()
+        self.container.pools.stopService()
 
     async def _check_directory(self) -> None:
         try:

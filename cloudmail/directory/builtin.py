@@ -95,6 +95,9 @@ class BuiltinDirectory:
         """The built-in directory answers whenever the store does."""
         await self._db.transact(lambda c: c.execute("SELECT 1").fetchone())
 
+    async def close(self) -> None:
+        """Nothing to let go of: the store closes on its own."""
+
     async def get_user(self, username: str) -> User | None:
         row = await self._db.transact(lambda c: c.execute(
             "SELECT * FROM users WHERE username = ?", (username.lower(),)).fetchone())
