@@ -83,13 +83,29 @@ def stop(process: subprocess.Popen) -> str:
     return output
 
 
+def start_server(tmp_path: Path, **tables: dict) -> tuple[subprocess.Popen, int, dict]:
+    """Start twistd on a free admin port and wait for /health; (process, port, health).
+
+    A port found free can be taken by another test's client socket before twistd binds it, so
+    a start that fails with "cannot listen" is tried again on another port.
+    """
+    for _ in range(3):
+        port = free_port()
+        process = twistd(tmp_path, "--config", str(server_config(tmp_path, port, **tables)))
+        try:
+            return process, port, wait_healthy(process, port)
+        except AssertionError as e:
+            stop(process)
+            if "cannot listen" not in str(e):
+                raise
+    raise AssertionError("no free port for the admin listener")
+
+
 @pytest.fixture
 def server(tmp_path):
     """A running `twistd -n cloudmail` on the built-in directory; yields (process, port)."""
-    port = free_port()
-    process = twistd(tmp_path, "--config", str(server_config(tmp_path, port)))
+    process, port, _ = start_server(tmp_path)
     try:
-        wait_healthy(process, port)
         yield process, port
     finally:
         stop(process)
@@ -117,16 +133,34 @@ def test_first_start_makes_the_data_folder(server, tmp_path):
 
 def test_token_survives_a_restart(tmp_path):
     """The token made on first start is kept on the next start."""
-    port = free_port()
-    config = str(server_config(tmp_path, port))
+    tokens = set()
     for _ in range(2):
-        process = twistd(tmp_path, "--config", config)
-        wait_healthy(process, port)
+        process, port, _ = start_server(tmp_path)
         token = (tmp_path / "data" / "admin.token").read_text().strip()
+        tokens.add(token)
         assert get(port, "/api/v1/users", token)[0] == 200
         output = stop(process)
         assert process.returncode == -signal.SIGTERM, output  # twistd re-raises the signal it got
         assert "Traceback" not in output and "Main loop terminated." in output
+    assert len(tokens) == 1
+
+
+def test_unreachable_ldap_degrades_instead_of_failing(tmp_path):
+    """With LDAP down the server still starts, logs why, and /health says degraded."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    process, port, health = start_server(
+        tmp_path, directory={"backend": "ldap"},
+        ldap={"urls": [f"ldap://127.0.0.1:{dead}"], "user_base": "dc=example,dc=com",
+              "connect_timeout": 1, "timeout": 1})
+    try:
+        assert health["status"] == "degraded" and health["database"] == "ok"
+        assert get(port, "/health")[1]["status"] == "degraded"
+    finally:
+        output = stop(process)
+    assert "the directory is unavailable" in output
+    assert "Traceback" not in output
 
 
 def test_check_config_reports_ok_and_errors(tmp_path):
