@@ -121,15 +121,15 @@ def insert_domain(conn: sqlite3.Connection, name: str, dkim_private_key: str | N
 
 def update_domain(conn: sqlite3.Connection, name: str, changes: dict[str, Any]) -> Domain:
     """Change domain settings; `changes` maps column names to already-validated values."""
-    require_domain(conn, name)
+    require_domain(conn, name, "name")
     for column, value in changes.items():
         conn.execute(f"UPDATE domains SET {column} = ? WHERE name = ?", (value, name))
-    return require_domain(conn, name)
+    return require_domain(conn, name, "name")
 
 
 def delete_domain(conn: sqlite3.Connection, name: str) -> None:
     """Remove a domain that holds no mailboxes or aliases (mail is never thrown away by accident)."""
-    require_domain(conn, name)
+    require_domain(conn, name, "name")
     count = conn.execute("SELECT count(*) FROM mailboxes WHERE domain = ?", (name,)).fetchone()[0]
     if count:
         raise Conflict("name", f"domain {name!r} still has {count} mailbox(es); delete them first")
@@ -141,7 +141,7 @@ def delete_domain(conn: sqlite3.Connection, name: str) -> None:
 def insert_mailbox(conn: sqlite3.Connection, address: Address, owner_type: str, owner: str,
                    app_password_hash: str | None = None) -> Mailbox:
     """Add a mailbox in an existing domain; Conflict when the address is taken."""
-    require_domain(conn, address.domain)
+    require_domain(conn, address.domain, "address")
     _check_address_free(conn, address, "address")
     conn.execute("INSERT INTO mailboxes (local, domain, owner_type, owner, app_password_hash, "
                  "created) VALUES (?, ?, ?, ?, ?, ?)",
@@ -213,7 +213,7 @@ class AccountStore:
         self.db = db
 
     def get_domain(self, name: str):
-        return self.db.transact(require_domain, name)
+        return self.db.transact(require_domain, name, "name")
 
     def list_domains(self):
         return self.db.transact(lambda c: [_domain(r) for r in c.execute(

@@ -213,12 +213,12 @@ class AdminService:
         await self._transact(store.delete_domain, self._known_domain(name))
 
     async def get_catchall(self, domain: Any) -> dict[str, Any]:
-        name = self._known_domain(domain)
+        name = self._known_domain(domain, "domain")
         mailboxes = await self.accounts.get_catchall(name)
         return {"domain": name, "mailboxes": [str(m) for m in mailboxes]}
 
     async def set_catchall(self, domain: Any, mailboxes: Any) -> dict[str, Any]:
-        name = self._known_domain(domain)
+        name = self._known_domain(domain, "domain")
         if not isinstance(mailboxes, list):
             raise BadRequest("mailboxes", "must be a list of mailbox addresses")
         targets = [lookup_address(m, "mailboxes") for m in mailboxes]

@@ -283,7 +283,7 @@ async def test_domain_crud(api):
     answer = await api.delete("/api/v1/domains/example.com")
     assert answer.status == 204 and answer.raw == b""
     answer = await api.get("/api/v1/domains/example.com")
-    assert answer.status == 404 and answer.error_field == "domain"
+    assert answer.status == 404 and answer.error_field == "name"
 
 
 @pytest_twisted.ensureDeferred

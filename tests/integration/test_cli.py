@@ -233,9 +233,9 @@ def test_catchall_set_to_nothing_rejects_unknown_addresses(example):
 def test_errors_name_the_field_and_exit_1(example):
     """A ServiceError prints `cloudmail-admin: error: <field>: <message>` and exits 1."""
     assert failed(example, "mailbox", "add", "carol@nowhere.test", "--owner", "alice") == \
-        "cloudmail-admin: error: domain: no domain 'nowhere.test'\n"
+        "cloudmail-admin: error: address: no domain 'nowhere.test'\n"
     assert failed(example, "domain", "show", "nowhere.test").startswith(
-        "cloudmail-admin: error: domain: no domain")
+        "cloudmail-admin: error: name: no domain")
     plus = failed(example, "mailbox", "add", "alice+tag@example.com", "--owner", "alice")
     assert plus.startswith("cloudmail-admin: error: address: ") and "'+'" in plus
     assert failed(example, "alias", "add", "a+b@example.com", "--to", "alice@example.com") \
