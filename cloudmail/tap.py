@@ -18,7 +18,6 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from cloudmail.app import Container
 from cloudmail.config import load_config
@@ -64,7 +63,7 @@ class CloudmailService(MultiService):
         self.admin_api = AdminApi(container)
         for name, description in container.config.listen.enabled().items():
             if name == "admin":
-                Listener(name, description, Site(self.admin_api.resource())).setServiceParent(self)
+                Listener(name, description, self.admin_api.site()).setServiceParent(self)
             else:
                 log.info("the {name} listener ({description}) comes with a later release; "
                          "not listening", name=name, description=description)

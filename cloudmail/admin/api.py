@@ -24,6 +24,7 @@ from twisted.internet.defer import CancelledError, TimeoutError, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request, Site
 from werkzeug import exceptions as http
 from werkzeug.routing import RequestRedirect
 
@@ -41,12 +42,6 @@ class Unauthorized(ServiceError):
     """No bearer token, or not the right one."""
 
     status = 401
-
-
-class BodyTooLarge(ServiceError):
-    """The request body is over `MAX_BODY` bytes."""
-
-    status = 413
 
 
 def error_body(status: int, message: str, field: str | None = None) -> dict[str, Any]:
@@ -76,16 +71,12 @@ def write_error(request: IRequest, error: ServiceError) -> bytes:
 
 
 def json_object(request: IRequest) -> dict[str, Any]:
-    """The request body as a JSON object (UTF-8): 413 over `MAX_BODY`, else 400 naming `body`.
+    """The request body as a JSON object (UTF-8), else 400 naming `body`.
 
-    twisted.web has read the body before we are called (into a temporary file when large), so
-    the limit bounds what we parse and keep; refusing it while it arrives is the Site's job.
+    `BoundedRequest` has already refused bodies over `MAX_BODY`.
     """
-    declared = (request.getHeader(b"Content-Length") or b"").strip()
     request.content.seek(0)
-    raw = request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY or (declared.isdigit() and int(declared) > MAX_BODY):
-        raise BodyTooLarge("body", f"the body is larger than {MAX_BODY} bytes")
+    raw = request.content.read()
 
     def no_constants(name: str) -> None:
         raise ValueError(f"{name} is not JSON")
@@ -162,6 +153,41 @@ def route(url: str, *methods: str, auth: bool = True):
 
 
 @functools.cache
+class BoundedRequest(Request):
+    """A request whose body may not grow past `MAX_BODY`: refused with 413 as it arrives.
+
+    twisted.web would otherwise store any body whole (in a temporary file) before the API sees
+    it, so one client could fill the disk; here a too-large declared length, or a chunked body
+    that grows too large, ends the connection at once.
+    """
+
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length if length is None or length <= MAX_BODY else 0)
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = json.dumps(error_body(413, f"the body is larger than {MAX_BODY} bytes",
+                                     "body")).encode("utf-8")
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        self.channel.loseConnection()
+
+
 def openapi_document() -> Any:
     """The OpenAPI 3.1 description of this API, from the package data."""
     return json.loads(resources.files("cloudmail.admin").joinpath("openapi.json").read_bytes())
@@ -184,6 +210,12 @@ class AdminApi:
     def resource(self):
         """The twisted.web resource of this API."""
         return self.app.resource()
+
+    def site(self) -> Site:
+        """The web site the admin listener serves: this API, with bounded request bodies."""
+        site = Site(self.resource())
+        site.requestFactory = BoundedRequest
+        return site
 
     def authenticate(self, request: IRequest) -> None:
         """Let the request through only with the right bearer token (compared in constant time)."""

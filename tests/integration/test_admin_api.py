@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import urllib.error
 import urllib.parse
@@ -25,7 +26,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
-from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
 import cloudmail.admin
@@ -131,7 +131,7 @@ def api(container):
     """
     admin = AdminApi(container)
     admin.token = "secret"
-    port = reactor.listenTCP(0, Site(admin.resource()), interface="127.0.0.1")
+    port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
     client = Client(f"http://127.0.0.1:{port.getHost().port}")
     client.admin = admin
     yield client
@@ -641,6 +641,26 @@ async def test_body_over_one_mebibyte_is_413(api):
     answer = await api.post("/api/v1/domains", raw=raw)
     assert answer.status == 413 and answer.json["error"]["status"] == 413
     assert (await api.get("/api/v1/domains")).json == {"items": []}
+
+
+def _declare_huge_body(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /api/v1/domains HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n{")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_huge_body_is_refused_before_it_is_sent(api):
+    """A declared 100 MiB body gets 413 at once: the server neither waits for it nor stores it."""
+    port = int(api.base.rsplit(":", 1)[1])
+    answer = await deferToThread(_declare_huge_body, port)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert json.loads(body)["error"]["field"] == "body"
 
 
 @pytest_twisted.ensureDeferred
