@@ -101,6 +101,9 @@ class IAccounts(Interface):
     def find_mailbox(address):
         """Fire with the `Mailbox` at that `Address`, or None (aliases are not mailboxes)."""
 
+    def find_alias(address):
+        """Fire with the mailbox `Address` an alias delivers to, or None."""
+
     def get_mailbox(address):
         """Fire with the `Mailbox` at that `Address`; errback `NotFound`."""
 

@@ -262,5 +262,14 @@ class AccountStore:
             return [_alias(r) for r in rows]
         return self.db.transact(select)
 
+    def find_alias(self, address: Address):
+        """Fire with the mailbox `Address` the alias at `address` delivers to, or None."""
+        def find(conn: sqlite3.Connection) -> Address | None:
+            row = conn.execute("SELECT mailbox_local, mailbox_domain FROM aliases "
+                               "WHERE local = ? AND domain = ?",
+                               (address.local, address.domain)).fetchone()
+            return Address(row[0], row[1]) if row else None
+        return self.db.transact(find)
+
     def get_catchall(self, domain: str):
         return self.db.transact(get_catchall, domain)
