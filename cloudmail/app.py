@@ -16,9 +16,12 @@ from cloudmail.accounts.store import AccountStore
 from cloudmail.admin.service import AdminService
 from cloudmail.config import Config
 from cloudmail.database import Database
+from cloudmail.delivery import LocalDelivery
 from cloudmail.directory.builtin import BuiltinDirectory
 from cloudmail.directory.cred import Authenticator, MailboxChecker
 from cloudmail.interfaces import IDirectory
+from cloudmail.mailstore.maildir import MaildirStore
+from cloudmail.routing import Router
 from cloudmail.threads import ThreadPools
 
 
@@ -30,9 +33,9 @@ class Container:
 
     @cached_property
     def pools(self) -> ThreadPools:
-        """The thread pools for blocking work: one db thread, auth per core, ldap per the pool size."""
+        """Pools for blocking work: one db thread, auth per core, ldap per its pool size, io (disk)."""
         return ThreadPools({"db": 1, "auth": max(2, os.cpu_count() or 2),
-                            "ldap": self.config.ldap.pool_size})
+                            "ldap": self.config.ldap.pool_size, "io": 4})
 
     @cached_property
     def database(self) -> Database:
@@ -61,6 +64,20 @@ class Container:
     @cached_property
     def admin_service(self) -> AdminService:
         return AdminService(self.accounts, self.directory, self.pools)
+
+    @cached_property
+    def router(self) -> Router:
+        """Who gets a message sent to an address (decided at RCPT time)."""
+        return Router(self.accounts, self.directory)
+
+    @cached_property
+    def mailstore(self) -> MaildirStore:
+        """The Maildirs, one per mailbox, under `data_dir/mail`."""
+        return MaildirStore(self.config.server.data_dir / "mail", self.config.server.hostname)
+
+    @cached_property
+    def delivery(self) -> LocalDelivery:
+        return LocalDelivery(self.mailstore, self.pools, self.config.server.hostname)
 
     @cached_property
     def certs(self):

@@ -1,0 +1,115 @@
+"""Local delivery: one received message into the Maildirs of its recipients, durably.
+
+The pipeline for each final mailbox is: trace headers (`Return-Path:`, `Delivered-To:`,
+`Received:`) → the recipient's Sieve script (issue 6 fills in `decide`; until then every message
+is kept in INBOX) → the mail store, which fsyncs file and directory before it returns. The SMTP
+front end answers `250` only when `deliver` has fired for every mailbox; any failure fires an
+error and the front end answers `451`, so the sender tries again and nothing acknowledged is lost.
+
+One message is written once per mailbox, straight from the spooled file: several recipients that
+end at the same mailbox (an alias and the mailbox itself, a group and one of its members) get one
+copy, as in Postfix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from typing import BinaryIO
+
+from twisted.logger import Logger
+
+from cloudmail.address import Address
+from cloudmail.mailstore.maildir import INBOX, MaildirStore
+from cloudmail.routing import Resolution
+from cloudmail.threads import ThreadPools
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP session knows of a message: who sent it, from where, and how."""
+
+    queue_id: str
+    sender: str
+    client_ip: str
+    client_name: str
+    helo: str
+    protocol: str = "ESMTP"
+    tls: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a message for one mailbox: keep it in `folder` with `flags`."""
+
+    folder: str = INBOX
+    flags: str = ""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One copy on disk: the mailbox, the folder and the file."""
+
+    mailbox: Address
+    folder: str
+    path: str
+
+
+def received_header(envelope: Envelope, hostname: str, recipient: str, when: datetime) -> bytes:
+    """The `Received:` trace header of RFC 5321 4.4, with the TLS version and cipher when used."""
+    protocol = envelope.protocol + ("S" if envelope.tls and not envelope.protocol.endswith("S")
+                                    else "")
+    tls = f"\r\n\t(using {envelope.tls})" if envelope.tls else ""
+    return (f"Received: from {envelope.helo} ({envelope.client_name} [{envelope.client_ip}]){tls}"
+            f"\r\n\tby {hostname} (cloudmail) with {protocol} id {envelope.queue_id}"
+            f"\r\n\tfor <{recipient}>; {format_datetime(when)}\r\n").encode("utf-8")
+
+
+def trace_headers(envelope: Envelope, hostname: str, mailbox: Address, recipient: str,
+                  when: datetime) -> bytes:
+    """The headers prepended to a delivered copy: Return-Path, Delivered-To, Received."""
+    return (f"Return-Path: <{envelope.sender}>\r\nDelivered-To: {mailbox}\r\n".encode("utf-8")
+            + received_header(envelope, hostname, recipient, when))
+
+
+class LocalDelivery:
+    """Delivers spooled messages to local mailboxes through the `io` thread pool."""
+
+    def __init__(self, store: MaildirStore, pools: ThreadPools, hostname: str) -> None:
+        self._store = store
+        self._pools = pools
+        self._hostname = hostname
+
+    def decide(self, mailbox: Address, resolution: Resolution) -> Decision:
+        """Where the copy for `mailbox` goes. The recipient's Sieve script runs here (issue 6)."""
+        return Decision()
+
+    async def deliver(self, envelope: Envelope, recipients: list[Resolution],
+                      message: BinaryIO) -> list[Delivered]:
+        """Write one copy per distinct mailbox; fire when all are durable, or with the first error."""
+        when = datetime.now(timezone.utc)
+        delivered: list[Delivered] = []
+        seen: set[Address] = set()
+        for resolution in recipients:
+            for mailbox in resolution.mailboxes:
+                if mailbox in seen:
+                    continue
+                seen.add(mailbox)
+                decision = self.decide(mailbox, resolution)
+                prepend = trace_headers(envelope, self._hostname, mailbox, resolution.address, when)
+                started = time.monotonic()
+                copy = await self._pools.run("io", self._store.deliver, mailbox, message,
+                                             prepend=prepend, folder=decision.folder,
+                                             flags=decision.flags)
+                log.info("delivered {queue_id} from <{sender}> [{client_ip}] to {mailbox} "
+                         "folder {folder} size {size} in {ms:.1f} ms",
+                         queue_id=envelope.queue_id, sender=envelope.sender,
+                         client_ip=envelope.client_ip, mailbox=str(mailbox),
+                         folder=decision.folder, size=copy.size,
+                         ms=(time.monotonic() - started) * 1000)
+                delivered.append(Delivered(mailbox, decision.folder, str(copy.path)))
+        return delivered

@@ -1,0 +1,72 @@
+"""Local delivery: routed recipients into their Maildirs, with trace headers, one copy each."""
+
+from __future__ import annotations
+
+import io
+
+import pytest_twisted
+
+from cloudmail.address import Address
+from cloudmail.delivery import Envelope
+
+MESSAGE = b"From: x@remote.test\r\nSubject: hi\r\n\r\nBody \xe2\x9c\x93\r\n.. dot line\r\n"
+
+
+async def book(c) -> None:
+    s = c.admin_service
+    await s.add_domain("example.com")
+    for name in ("alice", "bob"):
+        await s.add_user(name, password="long enough")
+        await s.add_mailbox(f"{name}@example.com", owner=name)
+    await s.add_alias("al@example.com", "alice@example.com")
+    await s.add_group("team@example.com", members=["alice", "bob"])
+
+
+def envelope(**kw) -> Envelope:
+    values = dict(queue_id="Q1", sender="x@remote.test", client_ip="192.0.2.7",
+                  client_name="mx.remote.test", helo="mx.remote.test")
+    values.update(kw)
+    return Envelope(**values)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_mailbox_gets_one_copy_with_trace_headers(container):
+    """Alias, group and mailbox recipients that meet at one mailbox give it one copy."""
+    await book(container)
+    recipients = [await container.router.resolve(r)
+                  for r in ("al@example.com", "team@example.com", "alice+x@example.com")]
+    done = await container.delivery.deliver(envelope(tls="TLSv1.3 TLS_AES_256_GCM_SHA384"),
+                                            recipients, io.BytesIO(MESSAGE))
+    assert [d.mailbox for d in done] == [Address("alice", "example.com"),
+                                         Address("bob", "example.com")]
+    alice = open(done[0].path, "rb").read()
+    head, _, rest = alice.partition(b"From: x@remote.test")
+    assert rest.endswith(MESSAGE[len(b"From: x@remote.test"):])
+    assert head.startswith(b"Return-Path: <x@remote.test>\r\nDelivered-To: alice@example.com\r\n"
+                           b"Received: from mx.remote.test (mx.remote.test [192.0.2.7])\r\n"
+                           b"\t(using TLSv1.3 TLS_AES_256_GCM_SHA384)\r\n"
+                           b"\tby mail.example.test (cloudmail) with ESMTPS id Q1\r\n"
+                           b"\tfor <al@example.com>; ")
+    assert "/mail/example.com/alice/new/" in done[0].path
+    bob = open(done[1].path, "rb").read()
+    assert b"Delivered-To: bob@example.com\r\n" in bob and b"for <team@example.com>" in bob
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_runs_off_the_reactor_and_logs_one_line_per_copy(container):
+    """Each copy is written in the io pool and logged with its queue id, sender and mailbox."""
+    from twisted.logger import formatEvent, globalLogPublisher
+    await book(container)
+    lines: list[str] = []
+
+    def observer(event: dict) -> None:
+        lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observer)
+    try:
+        recipients = [await container.router.resolve("bob@example.com")]
+        await container.delivery.deliver(envelope(queue_id="Q42"), recipients, io.BytesIO(MESSAGE))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    logged = [line for line in lines if line.startswith("delivered Q42")]
+    assert len(logged) == 1 and "to bob@example.com folder INBOX" in logged[0]
+    assert "from <x@remote.test> [192.0.2.7]" in logged[0]
