@@ -22,6 +22,8 @@ from cloudmail.directory.cred import Authenticator, MailboxChecker
 from cloudmail.interfaces import IDirectory
 from cloudmail.mailstore.maildir import MaildirStore
 from cloudmail.routing import Router
+from cloudmail.smtp.inbound import InboundBackend
+from cloudmail.smtp.protocol import SmtpFactory
 from cloudmail.threads import ThreadPools
 
 
@@ -79,15 +81,28 @@ class Container:
     def delivery(self) -> LocalDelivery:
         return LocalDelivery(self.mailstore, self.pools, self.config.server.hostname)
 
+    def smtp_factory(self) -> SmtpFactory:
+        """The MX listener's factory: routing at RCPT, local delivery after DATA, STARTTLS."""
+        return SmtpFactory(self.config.server.hostname,
+                           InboundBackend(self.router, self.delivery), self.spool_dir,
+                           tls_creator=self.certs.server_creator(),
+                           run_blocking=lambda f: self.pools.run("io", f))
+
     @cached_property
     def certs(self):
         from cloudmail.tls import CertStore
         return CertStore(self.config.tls, self.config.server.hostname, self.config.server.data_dir)
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where SMTP DATA is written (and fsynced) while a message is being received."""
+        return self.config.server.data_dir / "spool"
+
     def prepare_data_dir(self) -> None:
-        """Make the data folder (mode 0700) and open the database, before serving anyone."""
+        """Make the data folder and spool (mode 0700) and open the database, before serving."""
         data_dir = self.config.server.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.spool_dir.mkdir(exist_ok=True, mode=0o700)
         self.database.open()
 
     def admin_token(self) -> str:

@@ -64,6 +64,8 @@ class CloudmailService(MultiService):
         for name, description in container.config.listen.enabled().items():
             if name == "admin":
                 Listener(name, description, self.admin_api.site()).setServiceParent(self)
+            elif name == "smtp":
+                Listener(name, description, container.smtp_factory()).setServiceParent(self)
             else:
                 log.info("the {name} listener ({description}) comes with a later release; "
                          "not listening", name=name, description=description)

@@ -251,3 +251,32 @@ def test_uid_gid_drop_after_binding():
     finally:
         stop(process)
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_mail_sent_to_the_running_server_lands_in_the_maildir(tmp_path):
+    """twistd with the smtp listener: a domain and mailbox made through the API, then smtplib
+    delivers a message that is on disk in the mailbox's Maildir when the 250 comes back."""
+    import smtplib
+    smtp_port = free_port()
+    process, port, _ = start_server(tmp_path, listen={"smtp": f"tcp:{smtp_port}:interface=127.0.0.1"})
+    try:
+        token = (tmp_path / "data" / "admin.token").read_text().strip()
+        for path, body in [("/api/v1/domains", {"name": "example.com"}),
+                           ("/api/v1/users", {"username": "alice", "password": "long enough"}),
+                           ("/api/v1/mailboxes", {"address": "alice@example.com", "owner": "alice"})]:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST",
+                                             data=json.dumps(body).encode(),
+                                             headers={"Authorization": f"Bearer {token}",
+                                                      "Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=10).close()
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+            client.ehlo("client.remote.test")
+            client.starttls()
+            client.ehlo("client.remote.test")
+            client.sendmail("sender@remote.test", ["Alice@Example.com"], b"Subject: hi\r\n\r\nHello\r\n")
+        new = list((tmp_path / "data" / "mail" / "example.com" / "alice" / "new").iterdir())
+        assert len(new) == 1 and new[0].read_bytes().endswith(b"Subject: hi\r\n\r\nHello\r\n")
+        assert b"with ESMTPS id " in new[0].read_bytes()
+    finally:
+        output = stop(process)
+    assert "accepted " in output and "delivered " in output

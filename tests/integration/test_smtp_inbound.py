@@ -1,0 +1,90 @@
+"""Receiving mail on the MX listener: a real smtplib client, the real store, real Maildirs."""
+
+from __future__ import annotations
+
+import smtplib
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+
+MESSAGE = b"From: sender@remote.test\r\nSubject: hello\r\n\r\nHi there.\r\n"
+
+
+@pytest.fixture
+def mx(container):
+    """The MX listener over the test container on a loopback port; yields the port."""
+    port = reactor.listenTCP(0, container.smtp_factory(), interface="127.0.0.1")
+    yield port.getHost().port
+    pytest_twisted.blockon(port.stopListening())
+
+
+async def book(c) -> None:
+    s = c.admin_service
+    await s.add_domain("example.com")
+    for name in ("alice", "bob"):
+        await s.add_user(name, password="long enough")
+        await s.add_mailbox(f"{name}@example.com", owner=name)
+    await s.add_alias("al@example.com", "alice@example.com")
+    await s.add_group("team@example.com", members=["alice", "bob"])
+
+
+def send(port: int, recipients: list[str], message: bytes = MESSAGE) -> dict:
+    """Send with smtplib; the refused recipients as smtplib reports them."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.remote.test")
+        return client.sendmail("sender@remote.test", recipients, message)
+
+
+def inbox(container, local: str) -> list[bytes]:
+    folder = Path(container.config.server.data_dir) / "mail" / "example.com" / local / "new"
+    return [p.read_bytes() for p in sorted(folder.iterdir())] if folder.exists() else []
+
+
+@pytest_twisted.ensureDeferred
+async def test_mail_reaches_mailbox_alias_and_group(container, mx):
+    """Mailbox, alias and group recipients each land in the right Maildir, once per mailbox."""
+    await book(container)
+    refused = await deferToThread(send, mx, ["al@example.com", "team@example.com",
+                                             "alice+news@example.com"])
+    assert refused == {}
+    alice, bob = inbox(container, "alice"), inbox(container, "bob")
+    assert len(alice) == 1 and len(bob) == 1
+    assert alice[0].endswith(MESSAGE)
+    assert alice[0].startswith(b"Return-Path: <sender@remote.test>\r\n"
+                               b"Delivered-To: alice@example.com\r\nReceived: from "
+                               b"client.remote.test ")
+
+
+@pytest.mark.parametrize("recipient, code, enhanced", [
+    ("nobody@example.com", 550, b"5.1.1"),
+    ("someone@elsewhere.test", 554, b"5.7.1"),
+    ("alice%elsewhere.test@example.com", 554, b"5.7.1"),
+    ("elsewhere.test!alice@example.com", 554, b"5.7.1"),
+])
+@pytest_twisted.ensureDeferred
+async def test_refusals_at_rcpt(container, mx, recipient, code, enhanced):
+    """Unknown addresses get 550 5.1.1 and anything not ours 554 5.7.1: never a relay."""
+    await book(container)
+
+    def attempt() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", mx, timeout=10) as client:
+            client.ehlo("client.remote.test")
+            client.mail("sender@remote.test")
+            return client.rcpt(recipient)
+    answer = await deferToThread(attempt)
+    assert answer[0] == code and answer[1].startswith(enhanced)
+    assert inbox(container, "alice") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_looping_message_is_refused(container, mx):
+    """A message already delivered to the recipient (Delivered-To) is refused, not stored again."""
+    await book(container)
+    looping = b"Delivered-To: alice@example.com\r\n" + MESSAGE
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        await deferToThread(send, mx, ["alice@example.com"], looping)
+    assert info.value.smtp_code == 554 and info.value.smtp_error.startswith(b"5.4.6")
+    assert inbox(container, "alice") == []
