@@ -26,8 +26,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml | system-packages
 	touch $@
 
 test-packages:
-	@command -v slapd >/dev/null || [ -x /usr/sbin/slapd ] && command -v ldapsearch >/dev/null || \
-	  { $(APT) update -qq && $(APT) install -y -qq slapd ldap-utils; }
+	@{ command -v slapd >/dev/null || [ -x /usr/sbin/slapd ]; } && command -v ldapsearch >/dev/null \
+	  && command -v swaks >/dev/null || \
+	  { $(APT) update -qq && $(APT) install -y -qq slapd ldap-utils swaks; }
 
 test: install test-packages
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
