@@ -19,11 +19,13 @@ from cloudmail.database import Database
 from cloudmail.delivery import LocalDelivery
 from cloudmail.directory.builtin import BuiltinDirectory
 from cloudmail.directory.cred import Authenticator, MailboxChecker
+from cloudmail.dns import Resolver
 from cloudmail.interfaces import IDirectory
 from cloudmail.mailstore.maildir import MaildirStore
+from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
 from cloudmail.routing import Router
 from cloudmail.smtp.inbound import InboundBackend
-from cloudmail.smtp.protocol import SmtpFactory
+from cloudmail.smtp.protocol import Limits, SmtpFactory
 from cloudmail.threads import ThreadPools
 
 
@@ -81,11 +83,47 @@ class Container:
     def delivery(self) -> LocalDelivery:
         return LocalDelivery(self.mailstore, self.pools, self.config.server.hostname)
 
+    @cached_property
+    def resolver(self) -> Resolver:
+        """DNS for the checks on mail (DNSBL, iprev, SPF, DKIM, DMARC) and for outbound MX."""
+        dns = self.config.dns
+        return Resolver(list(dns.nameservers), timeout=dns.timeout)
+
+    @cached_property
+    def ip_blocklist(self) -> Blocklist | None:
+        """`[smtp] ip_blocklist`, re-read when it changes or on SIGHUP; None when not set."""
+        path = self.config.smtp.ip_blocklist
+        return Blocklist(path) if path is not None else None
+
+    @cached_property
+    def sender_blocklist(self) -> SenderBlocklist | None:
+        """`[smtp] sender_blocklist`, re-read when it changes or on SIGHUP; None when not set."""
+        path = self.config.smtp.sender_blocklist
+        return SenderBlocklist(path) if path is not None else None
+
+    @property
+    def smtp_limits(self) -> Limits:
+        """The MX listener's limits from `[smtp]`."""
+        smtp = self.config.smtp
+        return Limits(max_message_size=smtp.max_message_size, max_recipients=smtp.max_recipients,
+                      max_connections_per_ip=smtp.max_connections_per_ip,
+                      idle_timeout=smtp.idle_timeout)
+
+    def inbound_backend(self) -> InboundBackend:
+        """The MX policy: blocklists, DNSBL and iprev at connect, routing, local delivery."""
+        smtp = self.config.smtp
+        needs_dns = bool(smtp.dnsbl_zones) or smtp.iprev
+        return InboundBackend(self.router, self.delivery,
+                              resolver=self.resolver if needs_dns else None,
+                              dnsbl_zones=smtp.dnsbl_zones, iprev=smtp.iprev,
+                              ip_blocklist=self.ip_blocklist,
+                              sender_blocklist=self.sender_blocklist,
+                              max_received_headers=smtp.max_received_headers)
+
     def smtp_factory(self) -> SmtpFactory:
         """The MX listener's factory: routing at RCPT, local delivery after DATA, STARTTLS."""
-        return SmtpFactory(self.config.server.hostname,
-                           InboundBackend(self.router, self.delivery), self.spool_dir,
-                           tls_creator=self.certs.server_creator(),
+        return SmtpFactory(self.config.server.hostname, self.inbound_backend(), self.spool_dir,
+                           limits=self.smtp_limits, tls_creator=self.certs.server_creator(),
                            run_blocking=lambda f: self.pools.run("io", f))
 
     @cached_property
@@ -97,6 +135,11 @@ class Container:
     def spool_dir(self) -> Path:
         """Where SMTP DATA is written (and fsynced) while a message is being received."""
         return self.config.server.data_dir / "spool"
+
+    def close_resolver(self) -> None:
+        """Close the DNS resolver at shutdown, if one was made."""
+        if "resolver" in self.__dict__:
+            self.resolver.close()
 
     def prepare_data_dir(self) -> None:
         """Make the data folder and spool (mode 0700) and open the database, before serving."""

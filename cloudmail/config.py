@@ -7,6 +7,7 @@ silently ignored on a mail server.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -116,6 +117,34 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    """`[smtp]`: the MX listener's limits and the checks made on every client.
+
+    `ip_blocklist` and `sender_blocklist` are plain files (see `cloudmail.policy.blocklist`);
+    None means no list. `dnsbl_zones` empty switches DNSBL lookups off.
+    """
+
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections_per_ip: int = 20
+    idle_timeout: float = 300.0
+    max_received_headers: int = 50
+    dnsbl_zones: tuple[str, ...] = ("zen.spamhaus.org",)
+    iprev: bool = True
+    ip_blocklist: Path | None = None
+    sender_blocklist: Path | None = None
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """`[dns]`: the name servers as `(ip, port)` (empty: /etc/resolv.conf) and the timeout of
+    each query in seconds."""
+
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it came from, or None for the defaults."""
 
@@ -127,6 +156,8 @@ class Config:
     directory: DirectoryConfig
     ldap: LdapConfig
     admin: AdminConfig = field(repr=False)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -195,6 +226,21 @@ class _Table:
             raise self.error(key, f"must be {what}, not {value!r}")
         return value
 
+    def whole(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.take(key, int, default)
+        if not low <= value <= high:
+            raise self.error(key, f"must be a whole number from {low} to {high}, not {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        values = self.take(key, list, None)
+        if values is None:
+            return default
+        for value in values:
+            if not isinstance(value, str):
+                raise self.error(key, f"must be a list of strings, not one holding {value!r}")
+        return tuple(values)
+
     def finish(self) -> None:
         if self.raw:
             key = sorted(self.raw)[0]
@@ -210,7 +256,7 @@ def _config_dir(source: Path | None) -> Path:
 
 
 def _build(source: Path | None, raw: dict[str, Any]) -> Config:
-    known = {"server", "listen", "tls", "database", "directory", "ldap", "admin"}
+    known = {"server", "listen", "tls", "database", "directory", "ldap", "admin", "smtp", "dns"}
     for name in raw:
         if name not in known:
             where = str(source) if source else "<defaults>"
@@ -226,6 +272,8 @@ def _build(source: Path | None, raw: dict[str, Any]) -> Config:
         directory=_directory(_Table(source, "directory", raw.get("directory", {}))),
         ldap=_ldap(_Table(source, "ldap", raw.get("ldap", {}))),
         admin=_admin(_Table(source, "admin", raw.get("admin", {})), data),
+        smtp=_smtp(_Table(source, "smtp", raw.get("smtp", {}))),
+        dns=_dns(_Table(source, "dns", raw.get("dns", {}))),
     )
     _check_cross_section(config)
     return config
@@ -341,6 +389,71 @@ def _admin(t: _Table, data_dir: Path) -> AdminConfig:
         raise t.error("token_file", "must not be empty")
     t.finish()
     return AdminConfig(token_file=token_file)
+
+
+def _smtp(t: _Table) -> SmtpConfig:
+    from cloudmail.address import AddressError, normalize_domain
+
+    d = SmtpConfig()
+    zones = []
+    for zone in t.strings("dnsbl_zones", d.dnsbl_zones):
+        try:
+            zones.append(normalize_domain(zone))
+        except AddressError as e:
+            raise t.error("dnsbl_zones", str(e))
+    config = SmtpConfig(
+        max_message_size=t.whole("max_message_size", d.max_message_size, 1024, 2**40),
+        max_recipients=t.whole("max_recipients", d.max_recipients, 1, 100_000),
+        max_connections_per_ip=t.whole("max_connections_per_ip", d.max_connections_per_ip,
+                                       1, 100_000),
+        idle_timeout=t.number("idle_timeout", d.idle_timeout, lambda v: v > 0,
+                              "more than 0 seconds"),
+        max_received_headers=t.whole("max_received_headers", d.max_received_headers, 1, 1000),
+        dnsbl_zones=tuple(dict.fromkeys(zones)),
+        iprev=t.take("iprev", bool, d.iprev),
+        ip_blocklist=t.path("ip_blocklist", None),
+        sender_blocklist=t.path("sender_blocklist", None),
+    )
+    t.finish()
+    return config
+
+
+def _dns(t: _Table) -> DnsConfig:
+    servers = []
+    for text in t.strings("nameservers", ()):
+        try:
+            servers.append(parse_nameserver(text))
+        except ValueError as e:
+            raise t.error("nameservers", str(e))
+    timeout = t.number("timeout", DnsConfig.timeout, lambda v: 0 < v <= 60,
+                       "more than 0 and at most 60 seconds")
+    t.finish()
+    return DnsConfig(nameservers=tuple(servers), timeout=timeout)
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """`"192.0.2.53"`, `"192.0.2.53:5353"`, `"2001:db8::53"` or `"[2001:db8::53]:5353"` as
+    `(ip, port)` (port 53 when not given). Raises ValueError naming the problem."""
+    host, port = text.strip(), "53"
+    try:
+        return str(ipaddress.ip_address(host)), 53
+    except ValueError:
+        pass
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f'{text!r} is not "ip", "ip:port" or "[ipv6]:port"')
+        host, port = inside, rest[1:]
+    else:
+        host, _, port = host.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'{text!r} is not "ip", "ip:port" or "[ipv6]:port" '
+                         "(name servers are IP addresses)") from None
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{text!r}: the port must be from 1 to 65535")
+    return str(address), int(port)
 
 
 def _check_cross_section(config: Config) -> None:

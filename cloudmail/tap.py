@@ -108,6 +108,7 @@ class CloudmailService(MultiService):
     async def _stop(self) -> None:
         await super().stopService()
         await self.container.directory.close()
+        self.container.close_resolver()
         await self.container.database.close()
         self.container.pools.stopService()
 

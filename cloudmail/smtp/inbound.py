@@ -6,20 +6,33 @@ address book may have changed meanwhile; it is a few SQLite look-ups), looping m
 refused, and the message goes through local delivery; `250` only once every copy is fsynced,
 `451` if anything failed, so the sender retries and nothing acknowledged is lost.
 
-The checks on the client (DNSBL, iprev, SPF, DKIM, DMARC, blocklists) plug in at `connection`,
-`mail_from` and `message`; they come with the rest of issue 3.
+At connection time the client is checked: the local IP blocklist, then DNSBL zones and
+forward-confirmed reverse DNS (iprev) at once through the resolver. A listed IP gets `554 5.7.1`
+(the protocol then answers 503 to everything but QUIT); a DNS timeout or SERVFAIL never rejects.
+The iprev name (or "unknown") goes into the `Received:` header. At MAIL FROM the sender
+blocklist gives `550 5.7.1`. SPF, DKIM and DMARC plug in at `message`.
+
+What was found at connection time is kept per session id and dropped when the `Session` object
+goes away: the protocol has no end-of-session call to the backend, so a `weakref.finalize` on the
+session (which lives exactly as long as its connection's protocol object) removes the entry.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import replace
+import weakref
+from dataclasses import dataclass, replace
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from cloudmail.delivery import Envelope as DeliveryEnvelope
 from cloudmail.delivery import LocalDelivery
+from cloudmail.dns import AsyncResolver
 from cloudmail.errors import DirectoryUnavailable
+from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
+from cloudmail.policy.dnsbl import DnsblResult, check_dnsbl
+from cloudmail.policy.iprev import IprevResult, check_iprev
 from cloudmail.routing import INVALID, LOCAL, NOT_OURS, Router, is_loop
 from cloudmail.smtp import replies
 from cloudmail.smtp.protocol import Envelope, MailParams, Session
@@ -31,6 +44,27 @@ log = Logger()
 MAX_HEADER_BYTES = 256 * 1024
 LOOP = Reply(554, "5.4.6", "Mail loop detected")
 DIRECTORY_DOWN = Reply(451, "4.4.3", "Directory unavailable, try again later")
+IP_BLOCKED = Reply(554, "5.7.1", "Your IP is blocked here")
+DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client host blocked by a DNSBL")
+SENDER_BLOCKED = Reply(550, "5.7.1", "Sender address rejected: blocked here")
+MAX_REASON = 200
+"""Characters of a DNSBL's TXT reason quoted in the reply (it is the zone's text, not ours)."""
+
+
+@dataclass(frozen=True)
+class ClientChecks:
+    """What was found out about the client when it connected (None: the check is off)."""
+
+    dnsbl: DnsblResult | None = None
+    iprev: IprevResult | None = None
+
+    @property
+    def client_name(self) -> str:
+        """The name for the `Received:` header: the forward-confirmed PTR name, or "unknown"
+        (RFC 5321 4.4 TCP-info; never an unconfirmed PTR name, which the client controls)."""
+        if self.iprev is not None and self.iprev.confirmed and self.iprev.name:
+            return self.iprev.name
+        return "unknown"
 
 
 def read_headers(spooled: SpooledMessage) -> list[tuple[bytes, bytes]]:
@@ -56,14 +90,90 @@ def new_queue_id() -> str:
 class InboundBackend:
     """`ISmtpBackend` for the `smtp` listener: routing at RCPT, local delivery after DATA."""
 
-    def __init__(self, router: Router, delivery: LocalDelivery) -> None:
+    def __init__(self, router: Router, delivery: LocalDelivery, *,
+                 resolver: AsyncResolver | None = None, dnsbl_zones: tuple[str, ...] = (),
+                 iprev: bool = False, ip_blocklist: Blocklist | None = None,
+                 sender_blocklist: SenderBlocklist | None = None,
+                 max_received_headers: int = 50) -> None:
+        if resolver is None and (dnsbl_zones or iprev):
+            raise ValueError("DNSBL and iprev checks need a resolver")
         self._router = router
         self._delivery = delivery
+        self._resolver = resolver
+        self._dnsbl_zones = list(dnsbl_zones)
+        self._iprev = iprev
+        self._ip_blocklist = ip_blocklist
+        self._sender_blocklist = sender_blocklist
+        self._max_received = max_received_headers
+        #: Connection-time findings by session id; entries leave with their session.
+        self.checks: dict[str, ClientChecks] = {}
 
-    def connection(self, session: Session) -> None:
+    async def connection(self, session: Session) -> Reply | None:
+        """IP blocklist, then DNSBL and iprev together; 554 5.7.1 when the client is listed."""
+        ip = session.peer_ip
+        if self._ip_blocklist is not None:
+            network = self._ip_blocklist.matches(ip)
+            if network is not None:
+                return self._reject_client(session, IP_BLOCKED.with_text(
+                    f"Your IP {ip} is blocked here"), f"in the IP blocklist as {network}")
+        dnsbl: DnsblResult | None = None
+        iprev: IprevResult | None = None
+        lookups = []
+        if self._dnsbl_zones:
+            lookups.append(defer.ensureDeferred(check_dnsbl(self._resolver, ip, self._dnsbl_zones)))
+        if self._iprev:
+            lookups.append(defer.ensureDeferred(check_iprev(self._resolver, ip)))
+        if lookups:
+            try:
+                results = await defer.gatherResults(lookups, consumeErrors=True)
+            except defer.FirstError as e:  # not an IP address (a UNIX socket in tests)
+                log.info("no DNS checks for client {client_ip}: {reason}", client_ip=ip,
+                         reason=str(e.subFailure.value))
+                results = []
+            for result in results:
+                if isinstance(result, DnsblResult):
+                    dnsbl = result
+                else:
+                    iprev = result
+        self._remember(session, ClientChecks(dnsbl=dnsbl, iprev=iprev))
+        if dnsbl is not None:
+            for zone in dnsbl.temperrors:
+                log.info("DNSBL {zone} could not be asked about [{client_ip}]: {detail}; "
+                         "not counted", zone=zone.zone, client_ip=ip, detail=zone.detail)
+            if dnsbl.is_listed:
+                listed = dnsbl.listed[0]
+                text = f"Service unavailable; client host [{ip}] blocked using {listed.zone}"
+                if listed.reason:
+                    text += f"; {listed.reason[:MAX_REASON]}"
+                return self._reject_client(session, DNSBL_LISTED.with_text(text),
+                                           f"listed in {listed.zone} ({', '.join(listed.codes)})")
         return None
 
+    def client_checks(self, session: Session) -> ClientChecks:
+        """What `connection` found out about this session's client (empty if nothing)."""
+        return self.checks.get(session.id, ClientChecks())
+
+    def _remember(self, session: Session, checks: ClientChecks) -> None:
+        self.checks[session.id] = checks
+        weakref.finalize(session, self.checks.pop, session.id, None)
+
+    @staticmethod
+    def _reject_client(session: Session, reply: Reply, reason: str) -> Reply:
+        log.info("rejected client [{client_ip}] at connect: {code} {enhanced} {reason}",
+                 client_ip=session.peer_ip, code=reply.code, enhanced=reply.enhanced,
+                 reason=reason)
+        return reply
+
     def mail_from(self, session: Session, address: str, params: MailParams) -> Reply:
+        """The sender blocklist: a listed address or domain gets 550 5.7.1."""
+        if self._sender_blocklist is not None:
+            entry = self._sender_blocklist.matches(address)
+            if entry is not None:
+                log.info("rejected MAIL <{sender}> from [{client_ip}]: 550 5.7.1 sender "
+                         "blocklist entry {entry}", sender=address, client_ip=session.peer_ip,
+                         entry=entry)
+                return SENDER_BLOCKED.with_text(f"Sender address <{address}> rejected: "
+                                                "blocked here")
         return replies.SENDER_OK
 
     async def rcpt_to(self, session: Session, address: str) -> Reply:
@@ -94,16 +204,17 @@ class InboundBackend:
         local = [r for r in routed if r.kind == LOCAL]
         for resolution in local:
             for mailbox in resolution.mailboxes:
-                reason = is_loop(headers, mailbox)
+                reason = is_loop(headers, mailbox, self._max_received)
                 if reason:
                     return self._refuse(queue_id, session, envelope, LOOP, reason)
         if not local:
             return self._refuse(queue_id, session, envelope, replies.NO_VALID_RECIPIENTS,
                                 "no recipient routes anywhere any more")
         tls = f"{session.tls_version} {session.tls_cipher}" if session.tls else None
+        client_name = self.client_checks(session).client_name
         delivery_envelope = DeliveryEnvelope(queue_id=queue_id, sender=envelope.sender,
                                              client_ip=session.peer_ip,
-                                             client_name=session.peer_ip,
+                                             client_name=client_name,
                                              helo=session.helo or session.peer_ip,
                                              protocol="ESMTP" if session.esmtp else "SMTP",
                                              tls=tls)

@@ -32,6 +32,12 @@ def test_no_file_gives_the_embedded_defaults():
     assert config.admin.token_file == Path("/var/lib/cloudmail/admin.token")
     assert config.directory.backend == "builtin"
     assert config.tls.cert is None and config.tls.min_version == "1.2"
+    assert config.smtp.max_message_size == 26214400 and config.smtp.max_recipients == 100
+    assert config.smtp.max_connections_per_ip == 20 and config.smtp.idle_timeout == 300.0
+    assert config.smtp.max_received_headers == 50
+    assert config.smtp.dnsbl_zones == ("zen.spamhaus.org",) and config.smtp.iprev is True
+    assert config.smtp.ip_blocklist is None and config.smtp.sender_blocklist is None
+    assert config.dns.nameservers == () and config.dns.timeout == 5.0
 
 
 def test_shipped_example_configs_load():
@@ -90,6 +96,23 @@ def test_hostname_is_normalised(tmp_path):
     ("[ldap]\nurls = ['ldaps://x']\nstart_tls = true\n", "[ldap] start_tls: cannot be used with ldaps://"),
     ("[ldap]\nstart_tls = 'yes'\n", "[ldap] start_tls: must be a bool, not str 'yes'"),
     ("server = 1\n", "[server]: must be a table"),
+    ("[smtp]\nmax_message_size = 10\n", "[smtp] max_message_size: must be a whole number from 1024"),
+    ("[smtp]\nmax_message_size = 1.5e6\n", "[smtp] max_message_size: must be an int, not float"),
+    ("[smtp]\nmax_recipients = 0\n", "[smtp] max_recipients: must be a whole number from 1"),
+    ("[smtp]\nmax_connections_per_ip = true\n", "[smtp] max_connections_per_ip: must be a number"),
+    ("[smtp]\nidle_timeout = 0\n", "[smtp] idle_timeout: must be more than 0 seconds"),
+    ("[smtp]\nmax_received_headers = 5000\n", "[smtp] max_received_headers: must be a whole number"),
+    ("[smtp]\ndnsbl_zones = 'zen.spamhaus.org'\n", "[smtp] dnsbl_zones: must be a list, not str"),
+    ("[smtp]\ndnsbl_zones = [1]\n", "[smtp] dnsbl_zones: must be a list of strings"),
+    ("[smtp]\ndnsbl_zones = ['bad zone!']\n", "[smtp] dnsbl_zones: "),
+    ("[smtp]\niprev = 'yes'\n", "[smtp] iprev: must be a bool, not str 'yes'"),
+    ("[smtp]\nip_blocklist = 3\n", "[smtp] ip_blocklist: must be a str"),
+    ("[smtp]\nblocklist = 'x'\n", "[smtp] blocklist: unknown key"),
+    ("[dns]\nnameservers = ['dns.example']\n", "[dns] nameservers: 'dns.example' is not \"ip\""),
+    ("[dns]\nnameservers = ['192.0.2.53:99999']\n", "[dns] nameservers: '192.0.2.53:99999': the port"),
+    ("[dns]\nnameservers = '192.0.2.53'\n", "[dns] nameservers: must be a list"),
+    ("[dns]\ntimeout = 0\n", "[dns] timeout: must be more than 0 and at most 60 seconds"),
+    ("[dns]\nretries = 3\n", "[dns] retries: unknown key"),
 ])
 def test_each_mistake_names_file_table_and_key(tmp_path, text, expected):
     """A wrong config stops with one line naming the file, the table, the key and the problem."""
@@ -104,3 +127,54 @@ def test_not_toml_and_missing_file(tmp_path):
     assert "not valid TOML" in config_error(tmp_path, "[server\n")
     with pytest.raises(ConfigError, match="nope.toml: no such file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_smtp_and_dns_tables(tmp_path):
+    """[smtp] values reach the config (zones normalised, blocklists relative to the config's
+    folder, "" = none) and [dns] name servers are parsed as (ip, port), port 53 by default."""
+    path = write_config(tmp_path / "c.toml", {
+        "smtp": {"max_message_size": 1048576, "max_recipients": 5, "max_connections_per_ip": 3,
+                 "idle_timeout": 30, "max_received_headers": 20,
+                 "dnsbl_zones": ["Zen.Test.", "bl.example"], "iprev": False,
+                 "ip_blocklist": "lists/ips.txt", "sender_blocklist": ""},
+        "dns": {"nameservers": ["192.0.2.53", "127.0.0.1:5353", "2001:db8::53",
+                                "[2001:db8::54]:5300"], "timeout": 1.5},
+    })
+    config = load_config(path)
+    smtp = config.smtp
+    assert (smtp.max_message_size, smtp.max_recipients, smtp.max_connections_per_ip) == (1048576, 5, 3)
+    assert smtp.idle_timeout == 30.0 and smtp.max_received_headers == 20
+    assert smtp.dnsbl_zones == ("zen.test", "bl.example") and smtp.iprev is False
+    assert smtp.ip_blocklist == tmp_path.resolve() / "lists" / "ips.txt"
+    assert smtp.sender_blocklist is None
+    assert config.dns.nameservers == (("192.0.2.53", 53), ("127.0.0.1", 5353),
+                                      ("2001:db8::53", 53), ("2001:db8::54", 5300))
+    assert config.dns.timeout == 1.5
+
+
+def test_an_empty_dnsbl_list_switches_dnsbl_off(tmp_path):
+    """dnsbl_zones = [] means no DNSBL lookups at all."""
+    config = load_config(write_config(tmp_path / "c.toml", {"smtp": {"dnsbl_zones": []}}))
+    assert config.smtp.dnsbl_zones == ()
+
+
+def test_container_builds_limits_and_resolver_from_the_config(tmp_path):
+    """The SMTP factory gets its Limits from [smtp]; the resolver uses [dns]."""
+    from cloudmail.app import Container
+
+    path = write_config(tmp_path / "c.toml", {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "smtp": {"max_message_size": 2048, "max_recipients": 7, "max_connections_per_ip": 2,
+                 "idle_timeout": 12, "dnsbl_zones": [], "iprev": False},
+        "dns": {"nameservers": ["127.0.0.1:5353"], "timeout": 2},
+    })
+    container = Container(load_config(path))
+    limits = container.smtp_limits
+    assert (limits.max_message_size, limits.max_recipients, limits.max_connections_per_ip,
+            limits.idle_timeout) == (2048, 7, 2, 12.0)
+    resolver = container.resolver
+    try:
+        assert resolver.timeout == 2.0
+        assert resolver._client.servers == [("127.0.0.1", 5353)]
+    finally:
+        resolver.close()
