@@ -110,15 +110,19 @@ class Container:
                       idle_timeout=smtp.idle_timeout)
 
     def inbound_backend(self) -> InboundBackend:
-        """The MX policy: blocklists, DNSBL and iprev at connect, routing, local delivery."""
+        """The MX policy: blocklists, DNSBL and iprev at connect, routing, SPF/DKIM/DMARC,
+        local delivery."""
         smtp = self.config.smtp
-        needs_dns = bool(smtp.dnsbl_zones) or smtp.iprev
+        needs_dns = bool(smtp.dnsbl_zones) or smtp.iprev or smtp.authenticate
         return InboundBackend(self.router, self.delivery,
                               resolver=self.resolver if needs_dns else None,
                               dnsbl_zones=smtp.dnsbl_zones, iprev=smtp.iprev,
                               ip_blocklist=self.ip_blocklist,
                               sender_blocklist=self.sender_blocklist,
-                              max_received_headers=smtp.max_received_headers)
+                              max_received_headers=smtp.max_received_headers,
+                              authenticate=smtp.authenticate,
+                              hostname=self.config.server.hostname,
+                              run_in_thread=lambda f, *a: self.pools.run("io", f, *a))
 
     def smtp_factory(self) -> SmtpFactory:
         """The MX listener's factory: routing at RCPT, local delivery after DATA, STARTTLS."""

@@ -131,6 +131,7 @@ class SmtpConfig:
     max_received_headers: int = 50
     dnsbl_zones: tuple[str, ...] = ("zen.spamhaus.org",)
     iprev: bool = True
+    authenticate: bool = True
     ip_blocklist: Path | None = None
     sender_blocklist: Path | None = None
 
@@ -411,6 +412,7 @@ def _smtp(t: _Table) -> SmtpConfig:
         max_received_headers=t.whole("max_received_headers", d.max_received_headers, 1, 1000),
         dnsbl_zones=tuple(dict.fromkeys(zones)),
         iprev=t.take("iprev", bool, d.iprev),
+        authenticate=t.take("authenticate", bool, d.authenticate),
         ip_blocklist=t.path("ip_blocklist", None),
         sender_blocklist=t.path("sender_blocklist", None),
     )

@@ -27,6 +27,7 @@ from cloudmail.routing import Resolution
 from cloudmail.threads import ThreadPools
 
 log = Logger()
+JUNK_FOLDER = "Spam"
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,18 @@ class LocalDelivery:
         self._pools = pools
         self._hostname = hostname
 
-    def decide(self, mailbox: Address, resolution: Resolution) -> Decision:
+    def decide(self, mailbox: Address, resolution: Resolution, junk: bool) -> Decision:
         """Where the copy for `mailbox` goes. The recipient's Sieve script runs here (issue 6)."""
-        return Decision()
+        return Decision(folder=JUNK_FOLDER if junk else INBOX)
 
     async def deliver(self, envelope: Envelope, recipients: list[Resolution],
-                      message: BinaryIO) -> list[Delivered]:
-        """Write one copy per distinct mailbox; fire when all are durable, or with the first error."""
+                      message: BinaryIO, *, headers: bytes = b"",
+                      junk: bool = False) -> list[Delivered]:
+        """Write one copy per distinct mailbox; fire when all are durable, or with the first error.
+
+        `headers` (e.g. our Authentication-Results) go after the trace headers; `junk` files
+        the message in the Spam folder.
+        """
         when = datetime.now(timezone.utc)
         delivered: list[Delivered] = []
         seen: set[Address] = set()
@@ -99,8 +105,9 @@ class LocalDelivery:
                 if mailbox in seen:
                     continue
                 seen.add(mailbox)
-                decision = self.decide(mailbox, resolution)
-                prepend = trace_headers(envelope, self._hostname, mailbox, resolution.address, when)
+                decision = self.decide(mailbox, resolution, junk)
+                prepend = trace_headers(envelope, self._hostname, mailbox, resolution.address,
+                                        when) + headers
                 started = time.monotonic()
                 copy = await self._pools.run("io", self._store.deliver, mailbox, message,
                                              prepend=prepend, folder=decision.folder,

@@ -43,7 +43,7 @@ def test_config(tmp_path: Path, **tables: dict[str, Any]) -> Config:
         "server": {"hostname": "mail.example.test", "data_dir": str(tmp_path / "data")},
         "listen": {"smtp": "", "submission": "", "submissions": "", "imap": "", "imaps": "",
                    "managesieve": "", "admin": "tcp:0:interface=127.0.0.1"},
-        "smtp": {"dnsbl_zones": [], "iprev": False},
+        "smtp": {"dnsbl_zones": [], "iprev": False, "authenticate": False},
     }
     for table, keys in tables.items():
         base.setdefault(table, {}).update(keys)

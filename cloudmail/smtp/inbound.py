@@ -19,11 +19,15 @@ session (which lives exactly as long as its connection's protocol object) remove
 
 from __future__ import annotations
 
+import io
 import secrets
 import weakref
+from typing import Any, Callable
 from dataclasses import dataclass, replace
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from cloudmail.delivery import Envelope as DeliveryEnvelope
@@ -31,7 +35,9 @@ from cloudmail.delivery import LocalDelivery
 from cloudmail.dns import AsyncResolver
 from cloudmail.errors import DirectoryUnavailable
 from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
+from cloudmail.policy.authresults import build_authentication_results, strip_our_results
 from cloudmail.policy.dnsbl import DnsblResult, check_dnsbl
+from cloudmail.policy.engine import analyze, gather_message_evidence
 from cloudmail.policy.iprev import IprevResult, check_iprev
 from cloudmail.routing import INVALID, LOCAL, NOT_OURS, Router, is_loop
 from cloudmail.smtp import replies
@@ -47,6 +53,7 @@ DIRECTORY_DOWN = Reply(451, "4.4.3", "Directory unavailable, try again later")
 IP_BLOCKED = Reply(554, "5.7.1", "Your IP is blocked here")
 DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client host blocked by a DNSBL")
 SENDER_BLOCKED = Reply(550, "5.7.1", "Sender address rejected: blocked here")
+DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by the sender domain's DMARC policy")
 MAX_REASON = 200
 """Characters of a DNSBL's TXT reason quoted in the reply (it is the zone's text, not ours)."""
 
@@ -82,6 +89,17 @@ def read_headers(spooled: SpooledMessage) -> list[tuple[bytes, bytes]]:
     return fields
 
 
+def without_our_results(message: bytes, hostname: str) -> bytes:
+    """The message without incoming Authentication-Results fields that claim to be ours
+    (RFC 8601 section 5: a forged one could make a client trust a failed check)."""
+    head, separator, body = message.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    kept = strip_our_results(lines, hostname)
+    if len(kept) == len(lines):
+        return message
+    return b"\r\n".join(kept) + separator + body
+
+
 def new_queue_id() -> str:
     """A short random id naming one received message in every log line about it."""
     return secrets.token_hex(6).upper()
@@ -94,9 +112,14 @@ class InboundBackend:
                  resolver: AsyncResolver | None = None, dnsbl_zones: tuple[str, ...] = (),
                  iprev: bool = False, ip_blocklist: Blocklist | None = None,
                  sender_blocklist: SenderBlocklist | None = None,
-                 max_received_headers: int = 50) -> None:
-        if resolver is None and (dnsbl_zones or iprev):
-            raise ValueError("DNSBL and iprev checks need a resolver")
+                 max_received_headers: int = 50, authenticate: bool = False,
+                 hostname: str = "localhost",
+                 run_in_thread: Callable[..., Deferred[Any]] = deferToThread) -> None:
+        if resolver is None and (dnsbl_zones or iprev or authenticate):
+            raise ValueError("DNSBL, iprev and SPF/DKIM/DMARC checks need a resolver")
+        self._authenticate = authenticate
+        self._hostname = hostname
+        self._run_in_thread = run_in_thread
         self._router = router
         self._delivery = delivery
         self._resolver = resolver
@@ -210,6 +233,21 @@ class InboundBackend:
         if not local:
             return self._refuse(queue_id, session, envelope, replies.NO_VALID_RECIPIENTS,
                                 "no recipient routes anywhere any more")
+        junk, results, content = False, b"", None
+        if self._authenticate:
+            raw = await self._run_in_thread(spooled.read_bytes)
+            evidence = await gather_message_evidence(
+                self._resolver, session.peer_ip, session.helo or "", envelope.sender, headers,
+                raw, self._run_in_thread)
+            verdict = analyze(evidence)
+            if verdict.action == "reject":
+                return self._refuse(queue_id, session, envelope, DMARC_REJECTED.with_text(
+                    f"Rejected: {verdict.reason}"), verdict.reason)
+            junk = verdict.action == "junk"
+            results = build_authentication_results(
+                self._hostname, iprev=self.client_checks(session).iprev, spf=evidence.spf,
+                dkim=evidence.dkim, dmarc=evidence.dmarc)
+            content = without_our_results(raw, self._hostname)
         tls = f"{session.tls_version} {session.tls_cipher}" if session.tls else None
         client_name = self.client_checks(session).client_name
         delivery_envelope = DeliveryEnvelope(queue_id=queue_id, sender=envelope.sender,
@@ -219,15 +257,16 @@ class InboundBackend:
                                              protocol="ESMTP" if session.esmtp else "SMTP",
                                              tls=tls)
         try:
-            with spooled.open() as message:
-                await self._delivery.deliver(delivery_envelope, local, message)
+            with (io.BytesIO(content) if content is not None else spooled.open()) as message:
+                await self._delivery.deliver(delivery_envelope, local, message, headers=results,
+                                             junk=junk)
         except Exception as e:  # noqa: BLE001 -- any failure to store means "try again"
             log.failure("delivery of {queue_id} failed; answered 451", queue_id=queue_id)
             return self._refuse(queue_id, session, envelope, replies.LOCAL_ERROR, str(e))
         log.info("accepted {queue_id} from <{sender}> [{client_ip}] for {recipients}, "
-                 "{size} bytes", queue_id=queue_id, sender=envelope.sender,
+                 "{size} bytes{junk}", queue_id=queue_id, sender=envelope.sender,
                  client_ip=session.peer_ip, recipients=", ".join(envelope.recipients),
-                 size=spooled.size)
+                 size=spooled.size, junk=" as junk" if junk else "")
         return replace(replies.MESSAGE_ACCEPTED, text=f"Message accepted as {queue_id}")
 
     @staticmethod

@@ -13,53 +13,11 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from cloudmail.app import Container
-from tests.conftest import test_config
-from tests.dnsserver import TIMEOUT, DnsServer
+from tests.dnsserver import TIMEOUT
+from tests.integration.conftest import dns_table
 from tests.integration.test_smtp_inbound import MESSAGE, book, inbox, send
 
 LISTED_REASON = "Listed for testing, see https://zen.test/lookup"
-
-
-@pytest.fixture
-def start_mx(tmp_path):
-    """A function building a container from `test_config(tmp_path, **tables)` and an MX listener
-    on a loopback port for it; returns (container, port). Everything is stopped afterwards."""
-    started: list[tuple[Container, object]] = []
-
-    def start(**tables: dict) -> tuple[Container, int]:
-        container = Container(test_config(tmp_path, **tables))
-        container.prepare_data_dir()
-        port = reactor.listenTCP(0, container.smtp_factory(), interface="127.0.0.1")
-        started.append((container, port))
-        return container, port.getHost().port
-
-    yield start
-    for container, port in started:
-        pytest_twisted.blockon(port.stopListening())
-        if "resolver" in container.__dict__:
-            container.resolver.close()
-        pytest_twisted.blockon(container.database.close())
-        container.pools.stopService()
-
-
-@pytest.fixture
-def dns_server():
-    """A function starting a DnsServer over the given zones; stopped afterwards."""
-    servers: list[DnsServer] = []
-
-    def start(zones: dict) -> DnsServer:
-        server = DnsServer(zones)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        pytest_twisted.blockon(server.stop())
-
-
-def dns_table(server: DnsServer, timeout: float = 0.5) -> dict:
-    return {"nameservers": [f"127.0.0.1:{server.port}"], "timeout": timeout}
 
 
 def write(path: Path, text: str) -> str:

@@ -33,7 +33,7 @@ def server_config(tmp_path: Path, port: int, **tables: dict) -> Path:
         "server": {"hostname": "mail.example.test", "data_dir": str(tmp_path / "data")},
         "listen": {"smtp": "", "submission": "", "submissions": "", "imap": "", "imaps": "",
                    "managesieve": "", "admin": f"tcp:{port}:interface=127.0.0.1"},
-        "smtp": {"dnsbl_zones": [], "iprev": False},  # no DNS lookups on the Internet
+        "smtp": {"dnsbl_zones": [], "iprev": False, "authenticate": False},  # no DNS lookups on the Internet
     }
     for table, keys in tables.items():
         base.setdefault(table, {}).update(keys)
