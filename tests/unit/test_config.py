@@ -32,6 +32,7 @@ def test_no_file_gives_the_embedded_defaults():
     assert config.admin.token_file == Path("/var/lib/cloudmail/admin.token")
     assert config.directory.backend == "builtin"
     assert config.tls.cert is None and config.tls.min_version == "1.2"
+    assert config.smtp.authenticate is True and config.smtp.iprev is True
     assert config.smtp.max_message_size == 26214400 and config.smtp.max_recipients == 100
     assert config.smtp.max_connections_per_ip == 20 and config.smtp.idle_timeout == 300.0
     assert config.smtp.max_received_headers == 50
