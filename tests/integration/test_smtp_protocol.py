@@ -25,7 +25,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cloudmail.config import TlsConfig
 from cloudmail.smtp import replies
-from cloudmail.smtp.protocol import Envelope, Limits, MailParams, Session, SmtpFactory
+from cloudmail.smtp.protocol import Envelope, Limits, MailParams, Session, SmtpFactory, SmtpServer
 from cloudmail.smtp.replies import Reply
 from cloudmail.smtp.spool import SpooledMessage
 from cloudmail.tls import CertStore
@@ -900,3 +900,28 @@ async def test_connections_per_ip_are_limited(serve):
     refused, served = await deferToThread(script)
     assert code(refused) == b"421 4.7.0"
     assert served.startswith(b"220 ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_are_not_held_back_by_nagle(tmp_path):
+    """TCP_NODELAY is set, so a pipelined RCPT reply is not delayed behind a delayed ACK."""
+    import socket as socket_module
+    (tmp_path / "spool").mkdir()
+    seen = []
+
+    class Recording(SmtpServer):
+        def connectionMade(self):
+            super().connectionMade()
+            seen.append(self.transport.getHandle().getsockopt(socket_module.IPPROTO_TCP,
+                                                              socket_module.TCP_NODELAY))
+    factory = SmtpFactory(HOSTNAME, FakeBackend(), tmp_path / "spool")
+    factory.protocol = Recording
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        def connect() -> None:
+            with socket_module.create_connection(("127.0.0.1", port.getHost().port)) as s:
+                s.recv(1024)
+        await deferToThread(connect)
+        assert seen == [1]
+    finally:
+        await port.stopListening()

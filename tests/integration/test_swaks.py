@@ -1,0 +1,91 @@
+"""Mail sent with swaks (the Debian package) to the real `twistd -n cloudmail` (issue 3).
+
+swaks is an independent SMTP client: it checks that the server speaks SMTP the way other
+implementations expect, in plain text and with STARTTLS. The tests are skipped when it is not
+installed (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from tests.integration.test_crash_safety import provision, start_logged
+
+SWAKS = shutil.which("swaks")
+pytestmark = pytest.mark.skipif(SWAKS is None, reason="swaks is not installed (apt install swaks)")
+
+
+@pytest.fixture(scope="module")
+def mx(tmp_path_factory):
+    """One server for the module with alice@example.com and the alias info@example.com."""
+    import json
+    import urllib.request
+
+    tmp_path = tmp_path_factory.mktemp("swaks")
+    process, admin, smtp, _ = start_logged(tmp_path)
+    try:
+        token = (tmp_path / "data" / "admin.token").read_text().strip()
+        provision(admin, token)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{admin}/api/v1/aliases", method="POST",
+            data=json.dumps({"address": "info@example.com", "mailbox": "alice@example.com"}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+        yield smtp, tmp_path / "data" / "mail" / "example.com" / "alice"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def swaks(port: int, to: str, subject: str, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SWAKS, "--server", "127.0.0.1", "--port", str(port),
+                           "--helo", "client.remote.test", "--from", "sender@remote.test",
+                           "--to", to, "--header", f"Subject: {subject}",
+                           "--body", "Sent by swaks.\n", "--timeout", "20", *options],
+                          check=False, capture_output=True, text=True, timeout=60)
+
+
+def delivered(maildir, subject: str) -> list[bytes]:
+    return [raw for raw in (p.read_bytes() for p in (maildir / "new").iterdir())
+            if f"Subject: {subject}\r\n".encode() in raw]
+
+
+@pytest.mark.parametrize("to, options, protocol", [
+    ("alice@example.com", (), b"with ESMTP id "),
+    ("alice@example.com", ("--tls",), b"with ESMTPS id "),
+    ("Info@Example.COM", ("--tls",), b"with ESMTPS id "),
+], ids=["plain", "starttls", "alias-starttls"])
+def test_swaks_delivers_to_the_maildir(mx, to, options, protocol):
+    """swaks, in plain text or with STARTTLS, to a mailbox or an alias of it: one copy in the
+    mailbox's new/, with our trace headers (ESMTPS and the TLS version when TLS was used)."""
+    port, maildir = mx
+    subject = f"swaks {uuid.uuid4().hex}"
+    result = swaks(port, to, subject, *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Message accepted as" in result.stdout
+    copies = delivered(maildir, subject)
+    assert len(copies) == 1
+    raw = copies[0]
+    assert raw.startswith(b"Return-Path: <sender@remote.test>\r\nDelivered-To: alice@example.com\r\n")
+    assert protocol in raw and b"Sent by swaks.\r\n" in raw
+    assert (b"(using TLSv1." in raw) == ("--tls" in options)
+
+
+@pytest.mark.parametrize("to, reply", [
+    ("nobody@example.com", "550 5.1.1"),
+    ("someone@elsewhere.test", "554 5.7.1"),
+], ids=["unknown-user", "relay"])
+def test_swaks_refused_recipients(mx, to, reply):
+    """An unknown user of our domain gets 550 5.1.1 and a foreign domain 554 5.7.1 at RCPT;
+    swaks fails and nothing is stored."""
+    port, maildir = mx
+    subject = f"swaks {uuid.uuid4().hex}"
+    result = swaks(port, to, subject)
+    assert result.returncode != 0
+    assert f"<** {reply}" in result.stdout, result.stdout
+    assert delivered(maildir, subject) == []
+
