@@ -161,6 +161,7 @@ class SmtpServer(LineReceiver, TimeoutMixin):
         self._pending = False
         self._processing = False
         self._closing = False
+        self._released = False
         self._skipping_long_line = False
         self._paused_reading = False
         self._sink: DataSink | None = None
@@ -222,7 +223,13 @@ class SmtpServer(LineReceiver, TimeoutMixin):
         if self._sink is not None:
             self._sink.abort()
             self._sink = None
-        if self.session is not None:
+        self._release()
+
+    def _release(self) -> None:
+        """Stop counting this connection against its IP's limit (once), as soon as we close it:
+        a TLS connection is only lost after its close_notify exchange, which can come late."""
+        if self.session is not None and not self._released:
+            self._released = True
             self.factory.connection_closed(self.session.peer_ip)
 
     def timeoutConnection(self) -> None:
@@ -235,6 +242,7 @@ class SmtpServer(LineReceiver, TimeoutMixin):
         self._closing = True
         self._buffer = b""
         self.setTimeout(None)
+        self._release()
         self.transport.loseConnection()
 
     def _send(self, reply: Reply) -> None:

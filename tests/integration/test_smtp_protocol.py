@@ -513,6 +513,27 @@ async def test_starttls_with_smtplib(serve, pki, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_closed_tls_session_frees_its_connection_slot_at_once(serve, pki, tmp_path):
+    """With one connection allowed per IP, a client that QUITs a STARTTLS session and connects
+    again at once is never told 421 (the slot is freed when we close, not when TLS winds down)."""
+    server = serve(tls_creator=cert_store(pki, tmp_path).server_creator(),
+                   limits=Limits(max_connections_per_ip=1))
+
+    def sessions() -> list[int]:
+        greetings = []
+        for _ in range(15):
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+                greetings.append(client.ehlo()[0])
+                context = ssl.create_default_context(cadata=pki.root_pem)
+                context.check_hostname = False
+                client.starttls(context=context)
+                client.ehlo()
+        return greetings
+
+    assert await deferToThread(sessions) == [250] * 15
+
+
+@pytest_twisted.ensureDeferred
 async def test_plaintext_pipelined_after_starttls_is_discarded(serve, pki, tmp_path):
     """RFC 3207 6 (STARTTLS injection): commands sent in plaintext in the same write as
     STARTTLS are thrown away, not answered inside TLS; after the handshake the session is back
