@@ -8,18 +8,9 @@ import pytest_twisted
 
 from cloudmail.address import Address
 from cloudmail.delivery import Envelope
+from tests.integration.test_smtp_inbound import book
 
 MESSAGE = b"From: x@remote.test\r\nSubject: hi\r\n\r\nBody \xe2\x9c\x93\r\n.. dot line\r\n"
-
-
-async def book(c) -> None:
-    s = c.admin_service
-    await s.add_domain("example.com")
-    for name in ("alice", "bob"):
-        await s.add_user(name, password="long enough")
-        await s.add_mailbox(f"{name}@example.com", owner=name)
-    await s.add_alias("al@example.com", "alice@example.com")
-    await s.add_group("team@example.com", members=["alice", "bob"])
 
 
 def envelope(**kw) -> Envelope:
