@@ -166,3 +166,18 @@ class DnsServer:
         stopping = [defer.maybeDeferred(listener.stopListening) for listener in self._listeners]
         self._listeners = []
         return defer.gatherResults(stopping)
+
+
+def resolver_for(zones: dict, timeout: float = 0.5):
+    """For a fixture: `yield from resolver_for(ZONES)` serves the zones on loopback and yields
+    a Resolver pointed at them; both are stopped when the fixture ends."""
+    import pytest_twisted
+
+    from cloudmail.dns import Resolver
+
+    server = DnsServer(zones)
+    server.start()
+    resolver = Resolver(server.nameservers, timeout=timeout)
+    yield resolver
+    resolver.close()
+    pytest_twisted.blockon(server.stop())

@@ -15,9 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.internet import threads
 
-from cloudmail.dns import Resolver
 from cloudmail.policy.dkim import verify_dkim
-from tests.dnsserver import SERVFAIL, TIMEOUT, DnsServer
+from tests.dnsserver import SERVFAIL, TIMEOUT, resolver_for
 
 
 def _keypair(bits: int = 1024) -> tuple[bytes, str]:
@@ -72,12 +71,7 @@ def sign(message: bytes, selector: bytes = b"sel", domain: bytes = b"signer.test
 @pytest.fixture(scope="module")
 def resolver():
     """A resolver (0.5 s per query) pointed at a loopback server with the DKIM keys."""
-    server = DnsServer(ZONES)
-    server.start()
-    r = Resolver(server.nameservers, timeout=0.5)
-    yield r
-    r.close()
-    pytest_twisted.blockon(server.stop())
+    yield from resolver_for(ZONES)
 
 
 @pytest_twisted.ensureDeferred

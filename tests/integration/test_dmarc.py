@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from cloudmail.dns import Resolver
 from cloudmail.policy.dkim import DkimResult
 from cloudmail.policy.dmarc import (
     PublicSuffixList,
@@ -18,7 +17,7 @@ from cloudmail.policy.dmarc import (
     parse_record,
 )
 from cloudmail.policy.spf import SpfResult
-from tests.dnsserver import SERVFAIL, TIMEOUT, DnsServer
+from tests.dnsserver import SERVFAIL, TIMEOUT, resolver_for
 
 ZONES = {
     "_dmarc.reject.test": {"TXT": "v=DMARC1; p=reject; sp=quarantine; pct=50; "
@@ -39,12 +38,7 @@ ZONES = {
 @pytest.fixture(scope="module")
 def resolver():
     """A resolver (0.5 s per query) pointed at a loopback server with the DMARC records."""
-    server = DnsServer(ZONES)
-    server.start()
-    r = Resolver(server.nameservers, timeout=0.5)
-    yield r
-    r.close()
-    pytest_twisted.blockon(server.stop())
+    yield from resolver_for(ZONES)
 
 
 def spf(status: str, domain: str) -> SpfResult:

@@ -11,10 +11,10 @@ import time
 import pytest
 import pytest_twisted
 
-from cloudmail.dns import Resolver, reverse_name
+from cloudmail.dns import reverse_name
 from cloudmail.policy.dnsbl import check_dnsbl, dnsbl_name
 from cloudmail.policy.iprev import check_iprev
-from tests.dnsserver import SERVFAIL, TIMEOUT, DnsServer
+from tests.dnsserver import SERVFAIL, TIMEOUT, resolver_for
 
 LISTED = "192.0.2.99"
 CLEAN = "192.0.2.1"
@@ -52,12 +52,7 @@ ZONES = {
 @pytest.fixture(scope="module")
 def resolver():
     """A resolver (0.5 s per query) pointed at a loopback server with ZONES."""
-    server = DnsServer(ZONES)
-    server.start()
-    r = Resolver(server.nameservers, timeout=0.5)
-    yield r
-    r.close()
-    pytest_twisted.blockon(server.stop())
+    yield from resolver_for(ZONES)
 
 
 # --- DNSBL ---------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import ipaddress
 import pytest
 import pytest_twisted
 
-from cloudmail.dns import Resolver, reverse_name
+from cloudmail.dns import reverse_name
 from cloudmail.policy.spf import _Evaluation, _PermError, check_spf, parse_record
-from tests.dnsserver import SERVFAIL, TIMEOUT, DnsServer
+from tests.dnsserver import SERVFAIL, TIMEOUT, resolver_for
 
 ZONES = {
     "ip.test": {"TXT": ["v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all", "unrelated text"]},
@@ -54,12 +54,7 @@ ZONES = {
 @pytest.fixture(scope="module")
 def resolver():
     """A resolver (0.5 s per query) pointed at a loopback server with ZONES."""
-    server = DnsServer(ZONES)
-    server.start()
-    r = Resolver(server.nameservers, timeout=0.5)
-    yield r
-    r.close()
-    pytest_twisted.blockon(server.stop())
+    yield from resolver_for(ZONES)
 
 
 async def status(resolver, ip, mail_from, helo="mail.client.test"):
