@@ -13,7 +13,6 @@ a power cut.
 from __future__ import annotations
 
 import email
-import json
 import re
 import smtplib
 import subprocess
@@ -23,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.integration.test_twistd import TWISTD, free_port, get, server_config
+from tests.integration.test_twistd import TWISTD, free_port, get, provision, server_config
 
 CLIENTS = 6
 KILL_AFTER = 1.5  # seconds of load before the SIGKILL
@@ -56,18 +55,6 @@ def start_logged(tmp_path: Path, **tables: dict) -> tuple[subprocess.Popen, int,
         if "cannot listen" not in log_path.read_text(errors="replace"):
             raise AssertionError(f"twistd did not start:\n{log_path.read_text(errors='replace')}")
     raise AssertionError("no free ports for the listeners")
-
-
-def provision(port: int, token: str) -> None:
-    """Domain example.com, user alice and the mailbox alice@example.com, through the admin API."""
-    for path, body in [("/api/v1/domains", {"name": "example.com"}),
-                       ("/api/v1/users", {"username": "alice", "password": "long enough"}),
-                       ("/api/v1/mailboxes", {"address": "alice@example.com", "owner": "alice"})]:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST",
-                                         data=json.dumps(body).encode(),
-                                         headers={"Authorization": f"Bearer {token}",
-                                                  "Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=10).close()
 
 
 def make_message(message_id: str, size: int) -> bytes:

@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from tests.integration.test_crash_safety import provision, start_logged
+from tests.integration.test_crash_safety import start_logged
+from tests.integration.test_twistd import provision
 
 SWAKS = shutil.which("swaks")
 pytestmark = pytest.mark.skipif(SWAKS is None, reason="swaks is not installed (apt install swaks)")

@@ -102,6 +102,18 @@ def start_server(tmp_path: Path, **tables: dict) -> tuple[subprocess.Popen, int,
     raise AssertionError("no free port for the admin listener")
 
 
+def provision(port: int, token: str) -> None:
+    """Domain example.com, user alice and the mailbox alice@example.com, through the admin API."""
+    for path, body in [("/api/v1/domains", {"name": "example.com"}),
+                       ("/api/v1/users", {"username": "alice", "password": "long enough"}),
+                       ("/api/v1/mailboxes", {"address": "alice@example.com", "owner": "alice"})]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+
+
 @pytest.fixture
 def server(tmp_path):
     """A running `twistd -n cloudmail` on the built-in directory; yields (process, port)."""
@@ -261,15 +273,7 @@ def test_mail_sent_to_the_running_server_lands_in_the_maildir(tmp_path):
     smtp_port = free_port()
     process, port, _ = start_server(tmp_path, listen={"smtp": f"tcp:{smtp_port}:interface=127.0.0.1"})
     try:
-        token = (tmp_path / "data" / "admin.token").read_text().strip()
-        for path, body in [("/api/v1/domains", {"name": "example.com"}),
-                           ("/api/v1/users", {"username": "alice", "password": "long enough"}),
-                           ("/api/v1/mailboxes", {"address": "alice@example.com", "owner": "alice"})]:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST",
-                                             data=json.dumps(body).encode(),
-                                             headers={"Authorization": f"Bearer {token}",
-                                                      "Content-Type": "application/json"})
-            urllib.request.urlopen(request, timeout=10).close()
+        provision(port, (tmp_path / "data" / "admin.token").read_text().strip())
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
             client.ehlo("client.remote.test")
             client.starttls()
