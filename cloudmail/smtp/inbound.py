@@ -219,7 +219,7 @@ class InboundBackend:
                       spooled: SpooledMessage) -> Reply:
         """Deliver to every routed mailbox; 250 only when all copies are durable."""
         queue_id = new_queue_id()
-        headers = read_headers(spooled)
+        headers = await self._run_in_thread(read_headers, spooled)
         try:
             routed = [await self._router.resolve(r) for r in envelope.recipients]
         except DirectoryUnavailable:
