@@ -2,31 +2,34 @@
 
 The pipeline for each final mailbox is: trace headers (`Return-Path:`, `Delivered-To:`,
 `Received:`) → the recipient's Sieve script (issue 6 fills in `decide`; until then every message
-is kept in INBOX) → the mail store, which fsyncs file and directory before it returns. The SMTP
-front end answers `250` only when `deliver` has fired for every mailbox; any failure fires an
-error and the front end answers `451`, so the sender tries again and nothing acknowledged is lost.
+is kept in INBOX) → the mail store, which fsyncs file and directory before it returns. The whole
+pipeline for all mailboxes of one message is one job in the `io` thread pool (one hand-off per
+message, not per mailbox). The SMTP front end answers `250` only when `deliver` has fired; any
+failure fires an error and the front end answers `451`, so the sender tries again and nothing
+acknowledged is lost (copies already written before the failure are kept: a retry may then
+duplicate them, never lose them).
 
-One message is written once per mailbox, straight from the spooled file: several recipients that
-end at the same mailbox (an alias and the mailbox itself, a group and one of its members) get one
-copy, as in Postfix.
+One message is written once per mailbox, from memory or straight from the spooled file: several
+recipients that end at the same mailbox (an alias and the mailbox itself, a group and one of its
+members) get one copy, as in Postfix.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 from dataclasses import dataclass
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
+from pathlib import Path
 from typing import BinaryIO
 
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred
 
 from cloudmail.address import Address
 from cloudmail.mailstore.maildir import INBOX, MaildirStore
 from cloudmail.routing import Resolution
 from cloudmail.threads import ThreadPools
 
-log = Logger()
 JUNK_FOLDER = "Spam"
 
 
@@ -58,6 +61,7 @@ class Delivered:
     mailbox: Address
     folder: str
     path: str
+    size: int
 
 
 def received_header(envelope: Envelope, hostname: str, recipient: str, when: datetime) -> bytes:
@@ -89,34 +93,38 @@ class LocalDelivery:
         """Where the copy for `mailbox` goes. The recipient's Sieve script runs here (issue 6)."""
         return Decision(folder=JUNK_FOLDER if junk else INBOX)
 
-    async def deliver(self, envelope: Envelope, recipients: list[Resolution],
-                      message: BinaryIO, *, headers: bytes = b"",
-                      junk: bool = False) -> list[Delivered]:
-        """Write one copy per distinct mailbox; fire when all are durable, or with the first error.
+    def deliver(self, envelope: Envelope, recipients: list[Resolution], message: bytes | Path,
+                *, headers: bytes = b"", junk: bool = False) -> Deferred[list[Delivered]]:
+        """Write one copy per distinct mailbox in the `io` pool; fire when all are durable, or
+        with the first error.
 
-        `headers` (e.g. our Authentication-Results) go after the trace headers; `junk` files
-        the message in the Spam folder.
+        `message` is the message itself or the path of its spool file. `headers` (e.g. our
+        Authentication-Results) go after the trace headers; `junk` files the message in the
+        Spam folder.
         """
+        return self._pools.run("io", self.deliver_now, envelope, recipients, message,
+                               headers=headers, junk=junk)
+
+    def deliver_now(self, envelope: Envelope, recipients: list[Resolution],
+                    message: bytes | Path, *, headers: bytes = b"",
+                    junk: bool = False) -> list[Delivered]:
+        """`deliver`, blocking the calling thread (never the reactor)."""
         when = datetime.now(timezone.utc)
-        delivered: list[Delivered] = []
-        seen: set[Address] = set()
-        for resolution in recipients:
-            for mailbox in resolution.mailboxes:
-                if mailbox in seen:
-                    continue
-                seen.add(mailbox)
-                decision = self.decide(mailbox, resolution, junk)
-                prepend = trace_headers(envelope, self._hostname, mailbox, resolution.address,
-                                        when) + headers
-                started = time.monotonic()
-                copy = await self._pools.run("io", self._store.deliver, mailbox, message,
-                                             prepend=prepend, folder=decision.folder,
-                                             flags=decision.flags)
-                log.info("delivered {queue_id} from <{sender}> [{client_ip}] to {mailbox} "
-                         "folder {folder} size {size} in {ms:.1f} ms",
-                         queue_id=envelope.queue_id, sender=envelope.sender,
-                         client_ip=envelope.client_ip, mailbox=str(mailbox),
-                         folder=decision.folder, size=copy.size,
-                         ms=(time.monotonic() - started) * 1000)
-                delivered.append(Delivered(mailbox, decision.folder, str(copy.path)))
+        with contextlib.ExitStack() as stack:
+            source: bytes | BinaryIO = (message if isinstance(message, bytes)
+                                        else stack.enter_context(open(message, "rb")))
+            delivered: list[Delivered] = []
+            seen: set[Address] = set()
+            for resolution in recipients:
+                for mailbox in resolution.mailboxes:
+                    if mailbox in seen:
+                        continue
+                    seen.add(mailbox)
+                    decision = self.decide(mailbox, resolution, junk)
+                    prepend = trace_headers(envelope, self._hostname, mailbox,
+                                            resolution.address, when) + headers
+                    copy = self._store.deliver(mailbox, source, prepend=prepend,
+                                               folder=decision.folder, flags=decision.flags)
+                    delivered.append(Delivered(mailbox, decision.folder, str(copy.path),
+                                               copy.size))
         return delivered

@@ -29,6 +29,14 @@ class MessageEvidence:
     dkim: tuple[DkimResult, ...]
     dmarc: DmarcResult | None
 
+    def summary(self) -> str:
+        """The results in one short text for the log: `spf=pass dkim=pass(d=x) dmarc=none`."""
+        spf = self.spf.status if self.spf else "none"
+        dkim = " ".join(f"dkim={d.status}(d={d.domain})" if d.domain else f"dkim={d.status}"
+                        for d in self.dkim) or "dkim=none"
+        dmarc = self.dmarc.status if self.dmarc else "none"
+        return f"spf={spf} {dkim} dmarc={dmarc}"
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -1,10 +1,11 @@
 """The MX policy behind port 25: accept mail for our addresses only, and deliver it durably.
 
 Recipients are decided at RCPT time by the router (550 5.1.1 for unknown addresses in our domains,
-554 5.7.1 for everything else: never a relay). After DATA the recipients are routed again (the
-address book may have changed meanwhile; it is a few SQLite look-ups), looping messages are
-refused, and the message goes through local delivery; `250` only once every copy is fsynced,
-`451` if anything failed, so the sender retries and nothing acknowledged is lost.
+554 5.7.1 for everything else: never a relay), and the route found then is the one used after
+DATA (as Postfix does: the address book changing between RCPT and the end of DATA is the same
+race as it changing just before RCPT). Looping messages are refused, and the message goes through
+local delivery; `250` only once every copy is fsynced, `451` if anything failed, so the sender
+retries and nothing acknowledged is lost. One log line tells the outcome of every message.
 
 At connection time the client is checked: the local IP blocklist, then DNSBL zones and
 forward-confirmed reverse DNS (iprev) at once through the resolver. A listed IP gets `554 5.7.1`
@@ -19,11 +20,12 @@ session (which lives exactly as long as its connection's protocol object) remove
 
 from __future__ import annotations
 
-import io
 import secrets
+import time
 import weakref
 from typing import Any, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -39,7 +41,7 @@ from cloudmail.policy.authresults import build_authentication_results, strip_our
 from cloudmail.policy.dnsbl import DnsblResult, check_dnsbl
 from cloudmail.policy.engine import analyze, gather_message_evidence
 from cloudmail.policy.iprev import IprevResult, check_iprev
-from cloudmail.routing import INVALID, LOCAL, NOT_OURS, Router, is_loop
+from cloudmail.routing import INVALID, LOCAL, NOT_OURS, Resolution, Router, is_loop
 from cloudmail.smtp import replies
 from cloudmail.smtp.protocol import Envelope, MailParams, Session
 from cloudmail.smtp.replies import Reply
@@ -54,6 +56,8 @@ IP_BLOCKED = Reply(554, "5.7.1", "Your IP is blocked here")
 DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client host blocked by a DNSBL")
 SENDER_BLOCKED = Reply(550, "5.7.1", "Sender address rejected: blocked here")
 DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by the sender domain's DMARC policy")
+ROUTES = "routes"
+"""The envelope note holding each accepted recipient's `Resolution`, found at RCPT."""
 MAX_REASON = 200
 """Characters of a DNSBL's TXT reason quoted in the reply (it is the zone's text, not ours)."""
 
@@ -74,12 +78,11 @@ class ClientChecks:
         return "unknown"
 
 
-def read_headers(spooled: SpooledMessage) -> list[tuple[bytes, bytes]]:
-    """The header fields of a spooled message (name, raw value), unfolded enough for look-ups."""
+def parse_headers(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The header fields at the start of a message (name, raw value), unfolded enough for
+    look-ups."""
     fields: list[tuple[bytes, bytes]] = []
-    with spooled.open() as f:
-        head = f.read(MAX_HEADER_BYTES).split(b"\r\n\r\n", 1)[0]
-    for line in head.split(b"\r\n"):
+    for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
             name, value = fields[-1]
             fields[-1] = (name, value + b" " + line.strip())
@@ -200,12 +203,15 @@ class InboundBackend:
         return replies.SENDER_OK
 
     async def rcpt_to(self, session: Session, address: str) -> Reply:
-        """Accept only addresses that route to local mailboxes (RFC 5321 3.6.1: no relaying)."""
+        """Accept only addresses that route to local mailboxes (RFC 5321 3.6.1: no relaying);
+        the route is kept in the transaction's notes for delivery."""
         try:
             resolution = await self._router.resolve(address)
         except DirectoryUnavailable:
             return DIRECTORY_DOWN
         if resolution.kind == LOCAL:
+            if session.envelope is not None:
+                session.envelope.notes.setdefault(ROUTES, {})[address] = resolution
             return replies.RECIPIENT_OK
         log.info("rejected RCPT <{address}> from [{client_ip}]: {reason}", address=address,
                  client_ip=session.peer_ip, reason=resolution.reason)
@@ -215,39 +221,57 @@ class InboundBackend:
             return replies.BAD_RECIPIENT_SYNTAX
         return replies.NO_SUCH_USER
 
+    async def _routes(self, envelope: Envelope) -> list[Resolution]:
+        """The local route of each distinct recipient: the one found at RCPT, else found now."""
+        known: dict[str, Resolution] = envelope.notes.get(ROUTES, {})
+        routes = []
+        for address in dict.fromkeys(envelope.recipients):
+            resolution = known.get(address) or await self._router.resolve(address)
+            if resolution.kind == LOCAL:
+                routes.append(resolution)
+        return routes
+
     async def message(self, session: Session, envelope: Envelope,
                       spooled: SpooledMessage) -> Reply:
         """Deliver to every routed mailbox; 250 only when all copies are durable."""
         queue_id = new_queue_id()
-        headers = await self._run_in_thread(read_headers, spooled)
+        started = time.monotonic()
+        if spooled.in_memory:
+            head = spooled.head(MAX_HEADER_BYTES)
+        else:
+            head = await self._run_in_thread(spooled.head, MAX_HEADER_BYTES)
+        headers = parse_headers(head)
         try:
-            routed = [await self._router.resolve(r) for r in envelope.recipients]
+            local = await self._routes(envelope)
         except DirectoryUnavailable:
             return self._refuse(queue_id, session, envelope, DIRECTORY_DOWN, "directory down")
-        local = [r for r in routed if r.kind == LOCAL]
+        if not local:
+            return self._refuse(queue_id, session, envelope, replies.NO_VALID_RECIPIENTS,
+                                "no recipient routes anywhere any more")
         for resolution in local:
             for mailbox in resolution.mailboxes:
                 reason = is_loop(headers, mailbox, self._max_received)
                 if reason:
                     return self._refuse(queue_id, session, envelope, LOOP, reason)
-        if not local:
-            return self._refuse(queue_id, session, envelope, replies.NO_VALID_RECIPIENTS,
-                                "no recipient routes anywhere any more")
-        junk, results, content = False, b"", None
+        junk, results, checks = False, b"", ""
+        content: bytes | Path | None = spooled.data if spooled.in_memory else spooled.path
         if self._authenticate:
-            raw = await self._run_in_thread(spooled.read_bytes)
+            raw = (spooled.read_bytes() if spooled.in_memory
+                   else await self._run_in_thread(spooled.read_bytes))
             evidence = await gather_message_evidence(
                 self._resolver, session.peer_ip, session.helo or "", envelope.sender, headers,
                 raw, self._run_in_thread)
+            checks = " " + evidence.summary()
             verdict = analyze(evidence)
             if verdict.action == "reject":
                 return self._refuse(queue_id, session, envelope, DMARC_REJECTED.with_text(
-                    f"Rejected: {verdict.reason}"), verdict.reason)
+                    f"Rejected: {verdict.reason}"), verdict.reason + checks)
             junk = verdict.action == "junk"
             results = build_authentication_results(
                 self._hostname, iprev=self.client_checks(session).iprev, spf=evidence.spf,
                 dkim=evidence.dkim, dmarc=evidence.dmarc)
             content = without_our_results(raw, self._hostname)
+        assert content is not None
         tls = f"{session.tls_version} {session.tls_cipher}" if session.tls else None
         client_name = self.client_checks(session).client_name
         delivery_envelope = DeliveryEnvelope(queue_id=queue_id, sender=envelope.sender,
@@ -257,16 +281,17 @@ class InboundBackend:
                                              protocol="ESMTP" if session.esmtp else "SMTP",
                                              tls=tls)
         try:
-            with (io.BytesIO(content) if content is not None else spooled.open()) as message:
-                await self._delivery.deliver(delivery_envelope, local, message, headers=results,
-                                             junk=junk)
+            delivered = await self._delivery.deliver(delivery_envelope, local, content,
+                                                     headers=results, junk=junk)
         except Exception as e:  # noqa: BLE001 -- any failure to store means "try again"
             log.failure("delivery of {queue_id} failed; answered 451", queue_id=queue_id)
             return self._refuse(queue_id, session, envelope, replies.LOCAL_ERROR, str(e))
-        log.info("accepted {queue_id} from <{sender}> [{client_ip}] for {recipients}, "
-                 "{size} bytes{junk}", queue_id=queue_id, sender=envelope.sender,
-                 client_ip=session.peer_ip, recipients=", ".join(envelope.recipients),
-                 size=spooled.size, junk=" as junk" if junk else "")
+        log.info("delivered {queue_id} from <{sender}> [{client_ip}] {size} bytes to "
+                 "{mailboxes}{checks} in {ms:.1f} ms", queue_id=queue_id,
+                 sender=envelope.sender, client_ip=session.peer_ip, size=spooled.size,
+                 recipients=envelope.recipients,
+                 mailboxes=", ".join(f"{d.mailbox} ({d.folder})" for d in delivered),
+                 checks=checks, ms=(time.monotonic() - started) * 1000)
         return replace(replies.MESSAGE_ACCEPTED, text=f"Message accepted as {queue_id}")
 
     @staticmethod
@@ -277,4 +302,3 @@ class InboundBackend:
                  client_ip=session.peer_ip, recipients=", ".join(envelope.recipients),
                  code=reply.code, reason=reason)
         return reply
-

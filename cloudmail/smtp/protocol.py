@@ -82,13 +82,15 @@ class MailParams:
 @dataclass
 class Envelope:
     """One mail transaction: the sender ("" for `<>`), the recipients the backend accepted, the
-    declared parameters and, after DATA, the size of the message received."""
+    declared parameters and, after DATA, the size of the message received. `notes` is the
+    backend's: what it found at MAIL and RCPT and needs again at DATA (a recipient's route)."""
 
     sender: str
     params: MailParams = field(default_factory=MailParams)
     recipients: list[str] = field(default_factory=list)
     size: int = 0
     rcpt_attempts: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class ISmtpBackend(Protocol):
@@ -108,8 +110,8 @@ class ISmtpBackend(Protocol):
 
     def message(self, session: Session, envelope: Envelope,
                 spooled: SpooledMessage) -> Result[Reply]:
-        """The message was received whole and fsynced; answer with the final reply (250 only
-        when it is durably taken care of). The spool file is removed after this fires."""
+        """The message was received whole; answer with the final reply (250 only once it is
+        durably taken care of: the spooled copy is not). It is discarded after this fires."""
 
 
 @dataclass(frozen=True)
@@ -369,7 +371,8 @@ class SmtpServer(LineReceiver, TimeoutMixin):
                 self.setTimeout(self.limits.idle_timeout)
                 self._process()
 
-        deferred.addCallback(done).addErrback(failed).addErrback(log.failure, "SMTP reply")
+        deferred.addCallback(done).addErrback(failed).addErrback(
+            lambda failure: log.failure("SMTP reply", failure))
         deferred.addBoth(resume)
 
     def extensions(self) -> list[str]:
@@ -505,12 +508,8 @@ class SmtpServer(LineReceiver, TimeoutMixin):
         if not self.envelope.recipients:
             # RFC 2920 3.1: a pipelined DATA after only failed RCPTs gets 554, not 354.
             return replies.NO_VALID_RECIPIENTS if self.envelope.rcpt_attempts else replies.NEED_RCPT
-        try:
-            self._sink = DataSink(self.factory.spool_dir, self.limits.max_message_size,
-                                  self.limits.max_data_line)
-        except OSError:
-            log.failure("cannot create a spool file in {spool}", spool=self.factory.spool_dir)
-            return replies.LOCAL_ERROR
+        self._sink = DataSink(self.factory.spool_dir, self.limits.max_message_size,
+                              self.limits.max_data_line)
         return replies.START_DATA
 
     def _end_of_data(self) -> None:
@@ -521,28 +520,40 @@ class SmtpServer(LineReceiver, TimeoutMixin):
         rejection = sink.rejection
         if rejection is not None:
             sink.abort()
-            log.info("SMTP session {session_id}: message refused: {reply}",
-                     session_id=self.session.id, reply=str(rejection))
+            log.info("SMTP session {session_id} from [{client_ip}]: message from <{sender}> "
+                     "refused at end of data: {reply}", session_id=self.session.id,
+                     client_ip=self.session.peer_ip, sender=envelope.sender,
+                     reply=str(rejection))
             self._send(rejection)
             return
 
         async def deliver() -> Reply:
+            if sink.in_memory:
+                spooled = sink.finish()
+            else:
+                try:
+                    spooled = await self.factory.run_blocking(sink.finish)
+                except BaseException:
+                    sink.abort()
+                    raise
             try:
-                spooled = await self.factory.run_blocking(sink.finish)
-            except BaseException:
-                sink.path.unlink(missing_ok=True)
-                raise
-            try:
-                reply = await call_backend(self.factory.backend.message, self.session,
-                                           envelope, spooled)
+                return await call_backend(self.factory.backend.message, self.session, envelope,
+                                          spooled)
             finally:
-                spooled.discard()
-            log.info("SMTP session {session_id}: message from <{sender}> to {recipients}, "
-                     "{size} bytes: {reply}", session_id=self.session.id, sender=envelope.sender,
-                     recipients=envelope.recipients, size=envelope.size, reply=str(reply))
-            return reply
+                await self._discard(spooled)
 
         self._start_command(defer.ensureDeferred(deliver()), lambda reply: reply)
+
+    async def _discard(self, spooled: SpooledMessage) -> None:
+        """Drop a message the backend is done with (removing a spool file is disk work, done
+        before the reply so that nothing of an answered message is left behind)."""
+        if spooled.in_memory:
+            spooled.discard()
+            return
+        try:
+            await self.factory.run_blocking(spooled.discard)
+        except Exception:  # noqa: BLE001 -- a leftover file is garbage, not a failed message
+            log.failure("cannot remove the spool file {path}", path=spooled.path)
 
     def do_RSET(self, argument: str) -> Reply:
         """RFC 5321 4.1.1.5."""
@@ -606,7 +617,7 @@ class SmtpFactory(Factory):
     (optionally) the TLS creator for STARTTLS (`CertStore.server_creator()`).
 
     `require_tls` answers MAIL with `530 5.7.0` until STARTTLS (for submission, RFC 3207 4).
-    `run_blocking` runs the spool fsync off the reactor (a named thread pool in production).
+    `run_blocking` runs spool-file work off the reactor (a named thread pool in production).
     `spool_dir` must exist: it is made with the data folder, after privileges are dropped.
     """
 

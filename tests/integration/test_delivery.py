@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import io
+import os
+import threading
 
 import pytest_twisted
 
@@ -27,7 +28,7 @@ async def test_each_mailbox_gets_one_copy_with_trace_headers(container):
     recipients = [await container.router.resolve(r)
                   for r in ("al@example.com", "team@example.com", "alice+x@example.com")]
     done = await container.delivery.deliver(envelope(tls="TLSv1.3 TLS_AES_256_GCM_SHA384"),
-                                            recipients, io.BytesIO(MESSAGE))
+                                            recipients, MESSAGE)
     assert [d.mailbox for d in done] == [Address("alice", "example.com"),
                                          Address("bob", "example.com")]
     alice = open(done[0].path, "rb").read()
@@ -44,20 +45,21 @@ async def test_each_mailbox_gets_one_copy_with_trace_headers(container):
 
 
 @pytest_twisted.ensureDeferred
-async def test_delivery_runs_off_the_reactor_and_logs_one_line_per_copy(container):
-    """Each copy is written in the io pool and logged with its queue id, sender and mailbox."""
-    from twisted.logger import formatEvent, globalLogPublisher
+async def test_delivery_runs_in_the_io_pool_from_a_spool_file(container, tmp_path, monkeypatch):
+    """Every copy is written in an `io` pool thread, never on the reactor; a big message is read
+    from its spool file there."""
     await book(container)
-    lines: list[str] = []
+    spool = tmp_path / "data-1.eml"
+    spool.write_bytes(MESSAGE)
+    threads: list[str] = []
+    store_deliver = container.mailstore.deliver
 
-    def observer(event: dict) -> None:
-        lines.append(formatEvent(event))
-    globalLogPublisher.addObserver(observer)
-    try:
-        recipients = [await container.router.resolve("bob@example.com")]
-        await container.delivery.deliver(envelope(queue_id="Q42"), recipients, io.BytesIO(MESSAGE))
-    finally:
-        globalLogPublisher.removeObserver(observer)
-    logged = [line for line in lines if line.startswith("delivered Q42")]
-    assert len(logged) == 1 and "to bob@example.com folder INBOX" in logged[0]
-    assert "from <x@remote.test> [192.0.2.7]" in logged[0]
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return store_deliver(*args, **kwargs)
+    monkeypatch.setattr(container.mailstore, "deliver", recording)
+    recipients = [await container.router.resolve(r) for r in ("bob@example.com", "al@example.com")]
+    done = await container.delivery.deliver(envelope(queue_id="Q42"), recipients, spool)
+    assert len(threads) == 2 and all("cloudmail-io" in name for name in threads)
+    assert [open(d.path, "rb").read().endswith(MESSAGE) for d in done] == [True, True]
+    assert [d.size for d in done] == [os.path.getsize(d.path) for d in done]

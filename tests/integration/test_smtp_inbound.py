@@ -9,6 +9,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
+
+from cloudmail.smtp.spool import MEMORY_LIMIT
 
 MESSAGE = b"From: sender@remote.test\r\nSubject: hello\r\n\r\nHi there.\r\n"
 
@@ -88,3 +91,44 @@ async def test_a_looping_message_is_refused(container, mx):
         await deferToThread(send, mx, ["alice@example.com"], looping)
     assert info.value.smtp_code == 554 and info.value.smtp_error.startswith(b"5.4.6")
     assert inbox(container, "alice") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_log_line_per_message_with_its_queue_id(container, mx):
+    """Each delivered message gets one log line: the queue id the client was told, the client,
+    the envelope sender, the size and every mailbox with its folder."""
+    await book(container)
+    lines: list[str] = []
+
+    def observer(event: dict) -> None:
+        lines.append(formatEvent(event))
+
+    def deliver() -> bytes:
+        with smtplib.SMTP("127.0.0.1", mx, timeout=10) as client:
+            client.ehlo("client.remote.test")
+            client.mail("sender@remote.test")
+            client.rcpt("al@example.com")
+            client.rcpt("team@example.com")
+            return client.data(MESSAGE)[1]
+    globalLogPublisher.addObserver(observer)
+    try:
+        answer = await deferToThread(deliver)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    queue_id = answer.split()[-1].decode()
+    about = [line for line in lines if queue_id in line]
+    assert len(about) == 1
+    assert about[0].startswith(f"delivered {queue_id} from <sender@remote.test> [127.0.0.1] "
+                               f"{len(MESSAGE)} bytes to alice@example.com (INBOX), "
+                               "bob@example.com (INBOX) in ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_message_goes_through_a_spool_file(container, mx):
+    """A message bigger than the in-memory limit is spooled to disk, delivered whole from there,
+    and the spool file is gone afterwards."""
+    await book(container)
+    big = MESSAGE + (b"y" * 998 + b"\r\n") * (MEMORY_LIMIT // 1000 + 10)
+    assert await deferToThread(send, mx, ["alice@example.com"], big) == {}
+    assert inbox(container, "alice")[0].endswith(big)
+    assert list(container.spool_dir.iterdir()) == []
