@@ -21,7 +21,7 @@ Policy lives behind `ISmtpBackend`; the server knows only the protocol and its l
 from __future__ import annotations
 
 import inspect
-import secrets
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,8 @@ from cloudmail.smtp.replies import Reply
 from cloudmail.smtp.spool import MAX_LINE_LENGTH, DataSink, SpooledMessage
 
 log = Logger()
+#: Session ids only tell sessions apart in the logs; they are not secrets.
+_session_ids = random.Random()
 
 T = TypeVar("T")
 #: What a backend method may return: a value, a Deferred of it, or an awaitable (coroutine).
@@ -195,13 +197,11 @@ class SmtpServer(LineReceiver, TimeoutMixin):
             self.transport.setTcpNoDelay(True)
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.session = Session(
-            id=secrets.token_hex(8), peer_ip=getattr(peer, "host", ""),
+            id=f"{_session_ids.getrandbits(64):016x}", peer_ip=getattr(peer, "host", ""),
             peer_port=getattr(peer, "port", 0), local_ip=getattr(host, "host", ""),
             local_port=getattr(host, "port", 0))
         if ISSLTransport.providedBy(self.transport):
             self.session.tls = True
-        log.info("SMTP connection {session_id} from {peer}", session_id=self.session.id,
-                 peer=self.session.peer_ip)
         if not self.factory.connection_opened(self.session.peer_ip):
             self._reply_and_close(replies.TOO_MANY_CONNECTIONS)
             return

@@ -9,6 +9,7 @@ the wire; anything else is replaced, so a reply can never break the framing.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply as it goes on the wire, every line ending in CRLF."""
+        return self._wire
+
+    @cached_property
+    def _wire(self) -> bytes:
+        """`to_bytes`, rendered once: most replies are constants sent again and again."""
         lines = self.lines
         out = []
         for index, line in enumerate(lines):
