@@ -41,6 +41,10 @@ class Database:
         self.path = path
         self._pools = pools
         self._conn: sqlite3.Connection | None = None
+        #: Goes up after every transaction that changed the file, ours or another process's
+        #: (`cloudmail-admin`); read caches keyed on it never serve data older than a change.
+        self.generation = 0
+        self._version: tuple[int, int] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -64,7 +68,20 @@ class Database:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self._note_changes(conn)
         return result
+
+    def _note_changes(self, conn: sqlite3.Connection) -> None:
+        """Bump `generation` if the file changed since last seen: our own writes show in
+        `total_changes`, other connections' commits in `PRAGMA data_version`."""
+        version = (conn.total_changes, conn.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._version:
+            self._version = version
+            self.generation += 1
+
+    def check_for_changes(self) -> Deferred[None]:
+        """Notice commits by other processes (run every second or so by the service)."""
+        return self.transact(lambda conn: None)
 
     def transact(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run `fn(connection, *args)` as one transaction in the db thread; fire with its result."""

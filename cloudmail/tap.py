@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
@@ -25,6 +26,8 @@ from cloudmail.database import SchemaTooNew
 from cloudmail.errors import ConfigError, DirectoryUnavailable
 
 log = Logger()
+#: Seconds between checks for address-book changes by other processes (`cloudmail-admin`).
+DATABASE_CHECK_INTERVAL = 1.0
 
 
 class Options(usage.Options):
@@ -95,11 +98,17 @@ class CloudmailService(MultiService):
         from cloudmail.tls import CertReloadService
         CertReloadService(self.container.certs,
                           self.container.config.tls.reload_interval).setServiceParent(self)
+        TimerService(DATABASE_CHECK_INTERVAL, self._check_database).setServiceParent(self)
         super().startService()
         ensureDeferred(self._check_directory())
         log.info("cloudmail started as {hostname}, data in {data_dir}",
                  hostname=self.container.config.server.hostname,
                  data_dir=str(self.container.config.server.data_dir))
+
+    def _check_database(self) -> Deferred[None]:
+        """Let look-up caches notice address-book changes made by `cloudmail-admin`."""
+        return self.container.database.check_for_changes().addErrback(
+            lambda failure: log.failure("cannot check the database for changes", failure))
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, then let the directory and the store close, then the thread pools."""

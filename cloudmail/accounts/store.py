@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from cloudmail.address import Address
 from cloudmail.database import Database, now
 from cloudmail.errors import Conflict, NotFound
 from cloudmail.interfaces import IAccounts
+
+#: Look-up results kept by `AccountStore` (all dropped at once when full).
+LOOKUP_CACHE_SIZE = 10_000
 
 OWNER_TYPES = ("user", "group", "app")
 RELAY_TLS_MODES = ("starttls", "tls", "none")
@@ -85,12 +89,18 @@ def _alias(row: sqlite3.Row) -> Alias:
                  Address(row["mailbox_local"], row["mailbox_domain"]), row["created"])
 
 
+def find_domain(conn: sqlite3.Connection, name: str) -> Domain | None:
+    """The domain's row, or None."""
+    row = conn.execute("SELECT * FROM domains WHERE name = ?", (name,)).fetchone()
+    return _domain(row) if row is not None else None
+
+
 def require_domain(conn: sqlite3.Connection, name: str, field_name: str = "domain") -> Domain:
     """The domain's row, or NotFound naming `field_name`."""
-    row = conn.execute("SELECT * FROM domains WHERE name = ?", (name,)).fetchone()
-    if row is None:
+    domain = find_domain(conn, name)
+    if domain is None:
         raise NotFound(field_name, f"no domain {name!r}")
-    return _domain(row)
+    return domain
 
 
 def require_mailbox(conn: sqlite3.Connection, address: Address, field_name: str = "address") -> Mailbox:
@@ -211,9 +221,33 @@ class AccountStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._cache: dict[tuple[Any, ...], tuple[int, Any]] = {}
+
+    def _cached(self, key: tuple[Any, ...], fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """`db.transact(fn, *args)`, answered from memory while the database has not changed.
+
+        Routing asks these look-ups for every RCPT; a hit saves a trip to the db thread. An
+        entry is only used while `db.generation` is the one read before its look-up began, so
+        any commit (ours at once, another process's within the service's check interval) makes
+        every entry stale. Values are immutable (frozen dataclasses, tuples)."""
+        generation = self.db.generation
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == generation:
+            return succeed(hit[1])
+
+        def keep(value: Any) -> Any:
+            if len(self._cache) >= LOOKUP_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = (generation, value)
+            return value
+        return self.db.transact(fn, *args).addCallback(keep)
 
     def get_domain(self, name: str):
-        return self.db.transact(require_domain, name, "name")
+        def found(domain: Domain | None) -> Domain:
+            if domain is None:
+                raise NotFound("name", f"no domain {name!r}")
+            return domain
+        return self._cached(("domain", name), find_domain, name).addCallback(found)
 
     def list_domains(self):
         return self.db.transact(lambda c: [_domain(r) for r in c.execute(
@@ -227,7 +261,7 @@ class AccountStore:
             row = conn.execute("SELECT * FROM mailboxes WHERE local = ? AND domain = ?",
                                (address.local, address.domain)).fetchone()
             return _mailbox(row) if row else None
-        return self.db.transact(find)
+        return self._cached(("mailbox", address), find)
 
     def app_password_hash(self, address: Address):
         return self.db.transact(lambda c: (c.execute(
@@ -269,7 +303,8 @@ class AccountStore:
                                "WHERE local = ? AND domain = ?",
                                (address.local, address.domain)).fetchone()
             return Address(row[0], row[1]) if row else None
-        return self.db.transact(find)
+        return self._cached(("alias", address), find)
 
     def get_catchall(self, domain: str):
-        return self.db.transact(get_catchall, domain)
+        return self._cached(("catchall", domain),
+                            lambda conn: tuple(get_catchall(conn, domain))).addCallback(list)

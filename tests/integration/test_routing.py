@@ -400,3 +400,35 @@ def test_relay_characters_in_our_local_part_are_never_local(before, mark, after,
     if quoted:
         local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
     assert resolve_now(f"{local}@example.com").kind in ("not_ours", "invalid")
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_are_cached_until_any_change(container):
+    """A repeated look-up is answered without the db thread; a change through the service is
+    seen at once, and one by another process (another connection, as `cloudmail-admin` is)
+    once the database has been checked for changes."""
+    import sqlite3
+    router = container.router
+    s = container.admin_service
+    await s.add_domain("example.com")
+    await s.add_user("alice", password_hash=HASH)
+    await s.add_mailbox("alice@example.com", owner="alice")
+    assert (await router.resolve("alice@example.com")).is_local
+    trips = []
+    transact = container.database.transact
+    container.database.transact = lambda *args: trips.append(args) or transact(*args)
+    assert (await router.resolve("alice@example.com")).is_local
+    assert trips == []
+    container.database.transact = transact
+    await s.delete_mailbox("alice@example.com")
+    assert (await router.resolve("alice@example.com")).kind == "unknown"
+
+    other = sqlite3.connect(container.config.database.path, isolation_level=None)
+    try:
+        other.execute("INSERT INTO mailboxes (local, domain, owner_type, owner, created) "
+                      "VALUES ('alice', 'example.com', 'user', 'alice', '2026-01-01T00:00:00')")
+    finally:
+        other.close()
+    assert (await router.resolve("alice@example.com")).kind == "unknown"
+    await container.database.check_for_changes()
+    assert (await router.resolve("alice@example.com")).is_local

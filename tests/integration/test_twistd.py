@@ -285,3 +285,31 @@ def test_mail_sent_to_the_running_server_lands_in_the_maildir(tmp_path):
     finally:
         output = stop(process)
     assert "delivered " in output and "alice@example.com (INBOX)" in output
+
+
+def test_a_mailbox_added_with_the_cli_gets_mail_at_once(tmp_path):
+    """`cloudmail-admin` writes the database from another process; the running server notices
+    within a second or two (it routes from cached look-ups) and takes mail for the new mailbox."""
+    import smtplib
+    smtp_port = free_port()
+    process, port, _ = start_server(tmp_path, listen={"smtp": f"tcp:{smtp_port}:interface=127.0.0.1"})
+
+    def rcpt() -> int:
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+            client.ehlo("client.remote.test")
+            client.mail("sender@remote.test")
+            return client.rcpt("bob@example.com")[0]
+    try:
+        provision(port, (tmp_path / "data" / "admin.token").read_text().strip())
+        assert rcpt() == 550
+        config = str(tmp_path / "cloudmail.toml")
+        for args in (["user", "add", "bob", "--password-stdin"],
+                     ["mailbox", "add", "bob@example.com", "--owner", "bob"]):
+            subprocess.run([sys.executable, "-m", "cloudmail.admin.cli", "--config", config, *args],
+                           input="long enough\n", text=True, check=True, capture_output=True)
+        deadline = time.monotonic() + 5
+        while rcpt() != 250:
+            assert time.monotonic() < deadline, "the new mailbox was not seen in 5 s"
+            time.sleep(0.2)
+    finally:
+        stop(process)
