@@ -137,7 +137,7 @@ class Container:
 
     @property
     def spool_dir(self) -> Path:
-        """Where SMTP DATA is written (and fsynced) while a message is being received."""
+        """Where SMTP DATA too big to keep in memory is written while it is being received."""
         return self.config.server.data_dir / "spool"
 
     def close_resolver(self) -> None:

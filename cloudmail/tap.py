@@ -24,6 +24,7 @@ from cloudmail.app import Container
 from cloudmail.config import load_config
 from cloudmail.database import SchemaTooNew
 from cloudmail.errors import ConfigError, DirectoryUnavailable
+from cloudmail.smtp.spool import clear_spool
 
 log = Logger()
 #: Seconds between checks for address-book changes by other processes (`cloudmail-admin`).
@@ -87,6 +88,7 @@ class CloudmailService(MultiService):
     def startService(self) -> None:
         try:
             self.container.prepare_data_dir()
+            self._clear_spool()
             self.admin_api.token = self.container.admin_token()
         except OSError as e:
             raise SystemExit(f"cloudmail: data folder {self.container.config.server.data_dir}: "
@@ -101,9 +103,25 @@ class CloudmailService(MultiService):
         TimerService(DATABASE_CHECK_INTERVAL, self._check_database).setServiceParent(self)
         super().startService()
         ensureDeferred(self._check_directory())
+        self._clean_maildir_tmp()
         log.info("cloudmail started as {hostname}, data in {data_dir}",
                  hostname=self.container.config.server.hostname,
                  data_dir=str(self.container.config.server.data_dir))
+
+    def _clear_spool(self) -> None:
+        """Remove the spool files a crash left (before any listener runs, so none is in use)."""
+        removed = clear_spool(self.container.spool_dir)
+        if removed:
+            log.info("removed {count} unfinished message(s) a crash left in {spool}; none had "
+                     "been acknowledged", count=removed, spool=str(self.container.spool_dir))
+
+    def _clean_maildir_tmp(self) -> None:
+        """Remove old crash left-overs from every Maildir's tmp/, in the background."""
+        def done(removed: int) -> None:
+            if removed:
+                log.info("removed {count} stale file(s) from Maildir tmp/ folders", count=removed)
+        self.container.pools.run("io", self.container.mailstore.clean_tmp).addCallbacks(
+            done, lambda failure: log.failure("cannot clean Maildir tmp/ folders", failure))
 
     def _check_database(self) -> Deferred[None]:
         """Let look-up caches notice address-book changes made by `cloudmail-admin`."""

@@ -35,6 +35,8 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_DIRNAME = 255  # one path component on Linux file systems
 _ATTEMPTS = 3
+#: Files in `tmp/` older than this are left-overs of a crash (cr.yp.to/proto/maildir.html).
+TMP_MAX_AGE = 36 * 3600
 _MUTF7_RUN = re.compile(r"&([A-Za-z0-9+,]*)-")
 
 _clock = time.time_ns  # replaced in tests that freeze time
@@ -165,6 +167,23 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+def _remove_older(folder: Path, cutoff: float) -> int:
+    """Remove the plain files in `folder` last modified before `cutoff`; how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 class MaildirStore:
     """The Maildir++ mailboxes under one mail root; `deliver` is blocking (run it in the io pool)."""
 
@@ -232,6 +251,18 @@ class MaildirStore:
                 pass
         for parent in dict.fromkeys(entry.parent for entry in made):
             _fsync_dir(parent)
+
+    def clean_tmp(self, max_age: float = TMP_MAX_AGE) -> int:
+        """Remove files older than `max_age` seconds from every folder's `tmp/` (what a crash
+        mid-delivery leaves; the Maildir spec says 36 hours); return how many. Blocking: a
+        walk over every mailbox, for the io pool."""
+        cutoff = time.time() - max_age
+        removed = 0
+        for tmp in self.root.glob("*/*/tmp"):
+            removed += _remove_older(tmp, cutoff)
+        for tmp in self.root.glob("*/*/.*/tmp"):
+            removed += _remove_older(tmp, cutoff)
+        return removed
 
     def unique_name(self) -> str:
         """A new Maildir unique name: `<time>.M<usec>P<pid>Q<counter>.<hostname>`."""

@@ -313,3 +313,29 @@ def test_a_mailbox_added_with_the_cli_gets_mail_at_once(tmp_path):
             time.sleep(0.2)
     finally:
         stop(process)
+
+
+def test_start_clears_crash_leftovers(tmp_path):
+    """A spool file and a Maildir tmp/ file older than 36 h, as a crash leaves them, are gone
+    after a start; a recent tmp/ file (a delivery of another program, maybe) is kept."""
+    data = tmp_path / "data"
+    (data / "spool").mkdir(parents=True)
+    leftover = data / "spool" / "data-crash.eml"
+    leftover.write_bytes(b"Subject: never acknowledged\r\n\r\n")
+    tmp = data / "mail" / "example.com" / "alice" / "tmp"
+    tmp.mkdir(parents=True)
+    old, recent = tmp / "old.partial", tmp / "recent.partial"
+    old.write_bytes(b"x")
+    recent.write_bytes(b"x")
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    process, _, _ = start_server(tmp_path)
+    try:
+        deadline = time.monotonic() + 5
+        while old.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not leftover.exists() and not old.exists() and recent.exists()
+    finally:
+        output = stop(process)
+    assert "removed 1 unfinished message(s)" in output
+    assert "removed 1 stale file(s)" in output

@@ -326,3 +326,21 @@ def test_a_maildir_removed_behind_our_back_is_made_again(store):
     with pytest.raises(FileNotFoundError):
         store.deliver(BOB, MESSAGE)
     assert store.deliver(BOB, MESSAGE).path.read_bytes() == MESSAGE
+
+
+def test_clean_tmp_removes_only_old_leftovers(store):
+    """Files in any folder's tmp/ older than 36 hours go; newer ones and delivered mail stay."""
+    alice = Address("alice", "example.com")
+    delivered = store.deliver(alice, MESSAGE)
+    spam = store.ensure_folder(alice, "Spam")
+    inbox = store.folder_path(alice)
+    old_inbox, old_spam, fresh = inbox / "tmp" / "old1", spam / "tmp" / "old2", inbox / "tmp" / "new1"
+    for path in (old_inbox, old_spam, fresh):
+        path.write_bytes(b"partial")
+    two_days_ago = os.path.getmtime(fresh) - 48 * 3600
+    for path in (old_inbox, old_spam):
+        os.utime(path, (two_days_ago, two_days_ago))
+    os.utime(delivered.path, (two_days_ago, two_days_ago))
+    assert store.clean_tmp() == 2
+    assert not old_inbox.exists() and not old_spam.exists()
+    assert fresh.exists() and delivered.path.exists()
