@@ -132,3 +132,28 @@ async def test_a_big_message_goes_through_a_spool_file(container, mx):
     assert await deferToThread(send, mx, ["alice@example.com"], big) == {}
     assert inbox(container, "alice")[0].endswith(big)
     assert list(container.spool_dir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtputf8_mail_for_our_domains_only(container, mx):
+    """With SMTPUTF8 a UTF-8 sender and UTF-8 headers reach our mailbox intact; a UTF-8 address
+    elsewhere is relaying (554 5.7.1) and an unknown one of ours 550 5.1.1."""
+    await book(container)
+    utf8 = ("From: Jöran <jöran@remote.test>\r\nSubject: Grüße\r\n\r\nHällo\r\n").encode()
+
+    def attempt() -> tuple:
+        with smtplib.SMTP("127.0.0.1", mx, timeout=10) as client:
+            client.ehlo("client.remote.test")
+            assert client.has_extn("smtputf8")
+            assert client.mail("jöran@remote.test", ["SMTPUTF8"])[0] == 250
+            elsewhere = client.rcpt("jöran@elsewhere.test")
+            unknown = client.rcpt("ünknown@example.com")
+            ours = client.rcpt("alice@example.com")
+            return elsewhere, unknown, ours, client.data(utf8)
+    elsewhere, unknown, ours, data = await deferToThread(attempt)
+    assert elsewhere[0] == 554 and elsewhere[1].startswith(b"5.7.1")
+    assert unknown[0] == 550 and unknown[1].startswith(b"5.1.1")
+    assert ours[0] == 250 and data[0] == 250
+    [stored] = inbox(container, "alice")
+    assert stored.startswith("Return-Path: <jöran@remote.test>\r\n".encode())
+    assert stored.endswith(utf8)
