@@ -12,11 +12,17 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 
+from twisted.internet.protocol import Factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
 from cloudmail.accounts.store import AccountStore
 from cloudmail.admin.service import AdminService
 from cloudmail.config import Config
 from cloudmail.database import Database
-from cloudmail.delivery import LocalDelivery
+from cloudmail.delivery import Delivered, LocalDelivery
+from cloudmail.directory.throttle import LoginThrottle
+from cloudmail.imap.server import ImapFactory
+from cloudmail.mailstore.account import MailAccounts
 from cloudmail.directory.builtin import BuiltinDirectory
 from cloudmail.directory.cred import Authenticator, MailboxChecker
 from cloudmail.dns import Resolver
@@ -81,7 +87,33 @@ class Container:
 
     @cached_property
     def delivery(self) -> LocalDelivery:
-        return LocalDelivery(self.mailstore, self.pools, self.config.server.hostname)
+        delivery = LocalDelivery(self.mailstore, self.pools, self.config.server.hostname)
+        delivery.observers.append(self._delivered)
+        return delivery
+
+    def _delivered(self, copies: list[Delivered]) -> None:
+        """Open IMAP sessions see a new message at once (IDLE), not at their next poll."""
+        for copy in copies:
+            self.mail_accounts.delivered(copy.mailbox, copy.folder)
+
+    @cached_property
+    def mail_accounts(self) -> MailAccounts:
+        """The mailboxes IMAP sessions have open, shared by all sessions of each."""
+        return MailAccounts(self.mailstore, self.pools)
+
+    @cached_property
+    def login_throttle(self) -> LoginThrottle:
+        """Failed-login delays, shared by every protocol with a login."""
+        return LoginThrottle()
+
+    def imap_factory(self, implicit_tls: bool = False) -> Factory:
+        """The `imap` listener's factory (STARTTLS), or with `implicit_tls` the `imaps` one."""
+        factory = ImapFactory(self.config.server.hostname, self.authenticator,
+                              self.mail_accounts, self.login_throttle, self.spool_dir,
+                              tls_creator=None if implicit_tls else self.certs.server_creator())
+        if implicit_tls:
+            return TLSMemoryBIOFactory(self.certs.server_creator(), False, factory)
+        return factory
 
     @cached_property
     def resolver(self) -> Resolver:

@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from cloudmail.address import Address
 from cloudmail.mailstore.maildir import INBOX, MaildirStore
 from cloudmail.routing import Resolution
 from cloudmail.threads import ThreadPools
 
+log = Logger()
 JUNK_FOLDER = "Spam"
 
 
@@ -88,6 +90,8 @@ class LocalDelivery:
         self._store = store
         self._pools = pools
         self._hostname = hostname
+        #: Called on the reactor with the copies of every delivered message (IMAP IDLE).
+        self.observers: list[Callable[[list[Delivered]], None]] = []
 
     def decide(self, mailbox: Address, resolution: Resolution, junk: bool) -> Decision:
         """Where the copy for `mailbox` goes. The recipient's Sieve script runs here (issue 6)."""
@@ -103,7 +107,15 @@ class LocalDelivery:
         Spam folder.
         """
         return self._pools.run("io", self.deliver_now, envelope, recipients, message,
-                               headers=headers, junk=junk)
+                               headers=headers, junk=junk).addCallback(self._tell)
+
+    def _tell(self, delivered: list[Delivered]) -> list[Delivered]:
+        for observer in self.observers:
+            try:
+                observer(delivered)
+            except Exception:  # noqa: BLE001 -- the mail is delivered whatever an observer does
+                log.failure("a delivery observer failed")
+        return delivered
 
     def deliver_now(self, envelope: Envelope, recipients: list[Resolution],
                     message: bytes | Path, *, headers: bytes = b"",

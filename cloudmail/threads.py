@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -25,10 +25,13 @@ class ThreadPools(Service):
         self._reactor = reactor or _reactor
         self._sizes = dict(sizes)
         self._pools: dict[str, ThreadPool] = {}
+        self._stopped = False
 
     def _pool(self, name: str) -> ThreadPool:
         pool = self._pools.get(name)
         if pool is None:
+            if self._stopped:
+                raise RuntimeError(f"the {name} thread pool has been stopped")
             size = self._sizes[name]
             pool = ThreadPool(minthreads=0, maxthreads=size, name=f"cloudmail-{name}")
             pool.start()
@@ -36,11 +39,17 @@ class ThreadPools(Service):
         return pool
 
     def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-        """Run `fn(*args, **kwargs)` in the pool called `name`; fire with its result."""
-        return deferToThreadPool(self._reactor, self._pool(name), fn, *args, **kwargs)
+        """Run `fn(*args, **kwargs)` in the pool called `name`; fire with its result (or fail
+        once the pools have been stopped: no thread may outlive the service)."""
+        try:
+            pool = self._pool(name)
+        except RuntimeError:
+            return fail()
+        return deferToThreadPool(self._reactor, pool, fn, *args, **kwargs)
 
     def stopService(self) -> None:
         super().stopService()
+        self._stopped = True
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.stop()

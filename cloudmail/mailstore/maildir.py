@@ -67,7 +67,7 @@ class DeliveredMessage:
         return self.path.name
 
 
-def _to_mutf7(part: str) -> str:
+def encode_mutf7(part: str) -> str:
     """Encode one folder-name part in IMAP modified UTF-7 (RFC 3501 §5.1.3)."""
     out: list[str] = []
     run: list[str] = []
@@ -88,7 +88,7 @@ def _to_mutf7(part: str) -> str:
     return "".join(out)
 
 
-def _from_mutf7(text: str) -> str:
+def decode_mutf7(text: str) -> str:
     """Decode IMAP modified UTF-7 back to text."""
     def run(m: re.Match[str]) -> str:
         b64 = m.group(1)
@@ -120,7 +120,7 @@ def maildir_folder_name(name: str) -> str:
         if any(ch < " " or ch == "\x7f" for ch in part):
             raise BadFolderName(f"{name!r}: control characters are not allowed")
         try:
-            encoded.append(_to_mutf7(part))
+            encoded.append(encode_mutf7(part))
         except UnicodeEncodeError:
             raise BadFolderName(f"{name!r}: not valid Unicode text") from None
     dirname = "." + ".".join(encoded)
@@ -136,7 +136,7 @@ def imap_folder_name(dirname: str) -> str:
     if not dirname.startswith(".") or dirname in (".", ".."):
         raise BadFolderName(f"{dirname!r} is not a Maildir++ folder directory")
     try:
-        return "/".join(_from_mutf7(part) for part in dirname[1:].split("."))
+        return "/".join(decode_mutf7(part) for part in dirname[1:].split("."))
     except ValueError:  # bad base64 or UTF-16 written by another tool
         raise BadFolderName(f"{dirname!r} is not valid modified UTF-7") from None
 
@@ -151,7 +151,7 @@ def _info(flags: str) -> str:
     return ":2," + "".join(sorted(set(flags)))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make the entries of directory `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -226,11 +226,16 @@ class MaildirStore:
                 self._ready.add(path)
         return path
 
+    def forget(self, path: Path) -> None:
+        """The folder at `path` was removed or renamed: the next delivery there makes it anew."""
+        with self._create_lock:
+            self._ready = {p for p in self._ready if p != path and path not in p.parents}
+
     def _create(self, top: Path, path: Path) -> None:
         """mkdir what is missing, then fsync the parent of every entry it made."""
         if not self.root.is_dir():
             os.makedirs(self.root, DIR_MODE, exist_ok=True)
-            _fsync_dir(self.root.parent)
+            fsync_dir(self.root.parent)
         wanted = [top.parent, top, *(top / sub for sub in ("cur", "new", "tmp"))]
         if path != top:
             wanted += [path, *(path / sub for sub in ("cur", "new", "tmp"))]
@@ -250,7 +255,7 @@ class MaildirStore:
             except FileExistsError:
                 pass
         for parent in dict.fromkeys(entry.parent for entry in made):
-            _fsync_dir(parent)
+            fsync_dir(parent)
 
     def clean_tmp(self, max_age: float = TMP_MAX_AGE) -> int:
         """Remove files older than `max_age` seconds from every folder's `tmp/` (what a crash
@@ -274,23 +279,29 @@ class MaildirStore:
         return f"{seconds}.M{usec}P{os.getpid()}Q{count}.{self._hostname}"
 
     def deliver(self, mailbox: Address, source: BinaryIO | bytes, *, prepend: bytes = b"",
-                folder: str = INBOX, flags: str = "") -> DeliveredMessage:
+                folder: str = INBOX, flags: str = "", seen_by_reader: bool = False,
+                received: float | None = None) -> DeliveredMessage:
         """Write `prepend` + the message durably into `folder` of `mailbox`; return where it went.
 
         `source` is bytes or a readable binary file, read from its start in 64 KiB chunks, so one
         spooled message can be delivered to many mailboxes (one at a time: a file object's position
         is shared, so concurrent deliveries each need their own). Without `flags` the message lands in
         `new/`; with flags (any of D F P R S T) it lands in `cur/` as `<name>,S=<size>:2,<flags>`.
-        Raises BadFolderName or BadFlags for bad arguments and OSError (after removing anything it
-        wrote) when the disk fails; only a normal return means the message is durable.
+        `seen_by_reader` puts it in `cur/` even without flags (an IMAP APPEND: the reader that
+        wrote it knows of it already), and `received` sets its internal date (the file's mtime,
+        as Dovecot reads it). Raises BadFolderName or BadFlags for bad arguments and OSError (after
+        removing anything it wrote) when the disk fails; only a normal return means the message is
+        durable.
         """
-        info = _info(flags)
+        info = _info(flags) or (":2," if seen_by_reader else "")
         path = self.ensure_folder(mailbox, folder)
         unique, tmp, fd = self._create_tmp(path)
         try:
             with os.fdopen(fd, "wb", buffering=CHUNK) as f:
                 size = self._write(f, prepend, source)
                 f.flush()
+                if received is not None:
+                    os.utime(f.fileno(), (received, received))
                 os.fsync(f.fileno())
         except BaseException:
             _unlink_quietly(tmp)
@@ -300,7 +311,7 @@ class MaildirStore:
         try:
             final = self._link(tmp, subdir, unique, f",S={size}{info}")
             _unlink_quietly(tmp)
-            _fsync_dir(subdir)
+            fsync_dir(subdir)
         except BaseException:
             _unlink_quietly(tmp)
             if final is not None:

@@ -1,0 +1,110 @@
+"""One session's view of its selected folder: its own message sequence numbers, and the untagged
+responses that bring it up to date with what everyone else did.
+
+A session's sequence numbers (RFC 3501 2.3.1.2) change only when it is told of an expunge, and
+it may only be told at certain moments (RFC 3501 7.4.1: never during FETCH, STORE or SEARCH, so
+that the numbers in those commands keep their meaning). So the view keeps its own list of UIDs;
+the shared `Folder` may already have lost some of them. `updates` compares the two and the
+folder's change log, and gives the `EXPUNGE`, `EXISTS`, `RECENT` and `FETCH (FLAGS …)` lines to
+send.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+
+from cloudmail.imap.format import plist
+from cloudmail.mailstore.folder import Folder, Message
+
+
+class SelectedFolder:
+    """The selected folder of one session: read-only (EXAMINE) or not, CONDSTORE or not."""
+
+    def __init__(self, folder: Folder, *, readonly: bool, condstore: bool) -> None:
+        self.folder = folder
+        self.readonly = readonly
+        self.condstore = condstore
+        self.uids: list[int] = list(folder.uids)
+        self.known_modseq = folder.highestmodseq
+        self._changelog_position = len(folder.changelog)
+        first_recent = folder.claim_recent()
+        self.recent: set[int] = {uid for uid in self.uids if uid >= first_recent}
+        #: (uid, modseq) this session has already reported itself (its own STORE answers).
+        self._reported: set[tuple[int, int]] = set()
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq(self, uid: int) -> int | None:
+        """The sequence number of `uid` in this view, or None."""
+        i = bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def uid_of(self, seq: int) -> int:
+        return self.uids[seq - 1]
+
+    def message(self, uid: int) -> Message | None:
+        """The message as the folder has it now (None once expunged by anyone)."""
+        return self.folder.messages.get(uid)
+
+    def flags(self, uid: int) -> frozenset[str]:
+        message = self.folder.messages.get(uid)
+        flags = message.flags if message is not None else frozenset()
+        return flags | {"\\Recent"} if uid in self.recent else flags
+
+    def reported(self, uid: int, modseq: int) -> None:
+        """This session answered with this change itself: no untagged repeat later."""
+        self._reported.add((uid, modseq))
+
+    def updates(self, allow_expunge: bool = True) -> list[bytes]:
+        """The untagged responses (without CRLF) that bring the view up to date."""
+        lines: list[bytes] = []
+        folder = self.folder
+        if allow_expunge:
+            gone = [uid for uid in self.uids if uid not in folder.messages]
+            for uid in reversed(gone):
+                seq = self.seq(uid)
+                if seq is not None:
+                    del self.uids[seq - 1]
+                    self.recent.discard(uid)
+                    lines.append(b"* %d EXPUNGE" % seq)
+        last = self.uids[-1] if self.uids else 0
+        arrived = [uid for uid in folder.uids[bisect_left(folder.uids, last + 1):]]
+        if arrived:
+            first_recent = folder.claim_recent()
+            self.uids.extend(arrived)
+            self.recent.update(uid for uid in arrived if uid >= first_recent)
+            lines.append(b"* %d EXISTS" % len(self.uids))
+            lines.append(b"* %d RECENT" % len(self.recent))
+        changed: dict[int, Message] = {}
+        for modseq, uid in folder.changelog[self._changelog_position:]:
+            message = folder.messages.get(uid)
+            if message is not None and (uid, message.modseq) not in self._reported:
+                changed[uid] = message
+        self._changelog_position = len(folder.changelog)
+        self._reported.clear()
+        for uid, message in sorted(changed.items()):
+            seq = self.seq(uid)
+            if seq is not None:
+                lines.append(self.flags_line(seq, message))
+        self.known_modseq = folder.highestmodseq
+        return lines
+
+    def flags_line(self, seq: int, message: Message, *, with_uid: bool = True) -> bytes:
+        """`* n FETCH (UID u FLAGS (…) [MODSEQ (m)])` for a flag change."""
+        items = []
+        if with_uid:
+            items.append(b"UID %d" % message.uid)
+        items.append(b"FLAGS " + plist(f.encode() for f in sorted(self.flags(message.uid))))
+        if self.condstore:
+            items.append(b"MODSEQ (%d)" % message.modseq)
+        return b"* %d FETCH (%s)" % (seq, b" ".join(items))
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever the folder changes (IDLE)."""
+        self.folder.listeners.add(callback)
+
+    def unlisten(self, callback: Callable[[], None]) -> None:
+        self.folder.listeners.discard(callback)
