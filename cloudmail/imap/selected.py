@@ -27,7 +27,7 @@ class SelectedFolder:
         self.condstore = condstore
         self.uids: list[int] = list(folder.uids)
         self.known_modseq = folder.highestmodseq
-        self._changelog_position = len(folder.changelog)
+        self._changelog_position = folder.changelog_end
         first_recent = folder.claim_recent()
         self.recent: set[int] = {uid for uid in self.uids if uid >= first_recent}
         #: (uid, modseq) this session has already reported itself (its own STORE answers).
@@ -79,11 +79,16 @@ class SelectedFolder:
             lines.append(b"* %d EXISTS" % len(self.uids))
             lines.append(b"* %d RECENT" % len(self.recent))
         changed: dict[int, Message] = {}
-        for modseq, uid in folder.changelog[self._changelog_position:]:
+        entries = folder.changes_since(self._changelog_position)
+        if entries is None:
+            uids = [m.uid for m in folder.messages.values() if m.modseq > self.known_modseq]
+        else:
+            uids = [uid for _, uid in entries]
+        for uid in uids:
             message = folder.messages.get(uid)
             if message is not None and (uid, message.modseq) not in self._reported:
                 changed[uid] = message
-        self._changelog_position = len(folder.changelog)
+        self._changelog_position = folder.changelog_end
         self._reported.clear()
         for uid, message in sorted(changed.items()):
             seq = self.seq(uid)

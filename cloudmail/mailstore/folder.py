@@ -29,6 +29,8 @@ LETTER_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\See
 FLAG_LETTERS = {flag.upper(): letter for letter, flag in LETTER_FLAGS.items()}
 SYSTEM_FLAGS = tuple(LETTER_FLAGS[letter] for letter in "RFDST")
 INFO = ":2,"
+#: Flag changes and expunges kept for sessions to catch up with (see `Folder.changes_since`).
+CHANGELOG_KEEP = 10_000
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -114,9 +116,10 @@ class Folder:
         self.messages: dict[int, Message] = {r.uid: message_from_row(r) for r in rows}
         self.uids: list[int] = sorted(self.messages)
         self.lock = DeferredLock()
-        #: (modseq, uid) of every flag change and expunge applied since the folder was opened,
-        #: in order: a session asks for the entries after the last modseq it has seen.
+        #: (modseq, uid) of the flag changes and expunges applied lately, in order; entry i of
+        #: the list is change number `changelog_start + i` (see `changes_since`).
         self.changelog: list[tuple[int, int]] = []
+        self.changelog_start = 0
         #: Messages above this UID are \Recent for the next session that learns of them.
         self.recent_claimed = self.uidnext - 1
         self.listeners: set = set()
@@ -140,9 +143,29 @@ class Folder:
         self.highestmodseq = max(self.highestmodseq, changes.highestmodseq)
         if changes.mtimes is not None:
             self.mtimes = changes.mtimes
+        self._trim_changelog()
         if not changes.empty:
             for listener in list(self.listeners):
                 listener()
+
+    @property
+    def changelog_end(self) -> int:
+        """The number the next change will have: a session keeps it as its position."""
+        return self.changelog_start + len(self.changelog)
+
+    def changes_since(self, position: int) -> list[tuple[int, int]] | None:
+        """The changes from `position` on, or None when they are no longer kept (the caller
+        then compares every message's modseq instead)."""
+        if position < self.changelog_start:
+            return None
+        return self.changelog[position - self.changelog_start:]
+
+    def _trim_changelog(self) -> None:
+        """Keep at most `CHANGELOG_KEEP` changes: a session further behind rescans."""
+        excess = len(self.changelog) - CHANGELOG_KEEP
+        if excess > 0:
+            del self.changelog[:excess]
+            self.changelog_start += excess
 
     def claim_recent(self) -> int:
         """The lowest UID that is \\Recent for the caller (RFC 3501 2.3.2: only one session
