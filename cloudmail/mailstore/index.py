@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS folders (
     new_mtime INTEGER NOT NULL DEFAULT 0,
     cur_mtime INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS messages (
     folder TEXT NOT NULL,
     uid INTEGER NOT NULL,
@@ -115,13 +119,18 @@ class MailIndex:
         return _folder(row) if row else None
 
     def add_folder(self, name: str, subscribed: bool = False) -> FolderRow:
-        """Record a folder with a fresh UIDVALIDITY: later than any this mailbox used, so a
-        folder deleted and made again never looks like the old one (RFC 3501 2.3.1.1)."""
+        """Record a folder with a fresh UIDVALIDITY: later than any this mailbox ever used (kept
+        in `counters`, so it survives the folder's deletion), so a folder deleted and made
+        again never looks like the old one (RFC 3501 2.3.1.1)."""
         with self._lock:
-            used = self._conn.execute("SELECT MAX(uidvalidity) FROM folders").fetchone()[0] or 0
-        uidvalidity = max(int(time.time()), used + 1)
-        self._write([("INSERT OR REPLACE INTO folders (name, uidvalidity, uidnext, highestmodseq, "
-                      "subscribed) VALUES (?, ?, 1, 1, ?)", (name, uidvalidity, int(subscribed)))])
+            row = self._conn.execute(
+                "SELECT value FROM counters WHERE name = 'uidvalidity'").fetchone()
+        uidvalidity = max(int(time.time()), (row[0] if row else 0) + 1)
+        self._write([
+            ("INSERT OR REPLACE INTO counters (name, value) VALUES ('uidvalidity', ?)",
+             (uidvalidity,)),
+            ("INSERT OR REPLACE INTO folders (name, uidvalidity, uidnext, highestmodseq, "
+             "subscribed) VALUES (?, ?, 1, 1, ?)", (name, uidvalidity, int(subscribed)))])
         return FolderRow(name, uidvalidity, 1, 1, subscribed, 0, 0)
 
     def remove_folder(self, name: str) -> None:
