@@ -172,6 +172,11 @@ class Container:
         """Where SMTP DATA too big to keep in memory is written while it is being received."""
         return self.config.server.data_dir / "spool"
 
+    async def close_mail_accounts(self) -> None:
+        """Close the IMAP side's open mailboxes (their indexes) at shutdown, if any."""
+        if "mail_accounts" in self.__dict__:
+            await self.mail_accounts.close_all()
+
     def close_resolver(self) -> None:
         """Close the DNS resolver at shutdown, if one was made."""
         if "resolver" in self.__dict__:

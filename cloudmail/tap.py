@@ -137,6 +137,7 @@ class CloudmailService(MultiService):
 
     async def _stop(self) -> None:
         await super().stopService()
+        await self.container.close_mail_accounts()
         await self.container.directory.close()
         self.container.close_resolver()
         await self.container.database.close()

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -37,6 +39,8 @@ SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Spam
                "Archive": "\\Archive"}
 #: How often folders with a session in IDLE are checked for changes made by other programs.
 POLL_INTERVAL = 1.0
+#: Seconds an account stays open after its last session (its folders stay in memory).
+LINGER = 60.0
 
 
 class FolderError(Exception):
@@ -81,6 +85,8 @@ class MailAccount:
         self._index: MailIndex | None = None
         self._folders: dict[str, Folder] = {}
         self.sessions = 0
+        #: The pending close once the last session has gone (see `MailAccounts.release`).
+        self.closing: IDelayedCall | None = None
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work for this account in the io pool."""
@@ -390,9 +396,10 @@ def _read_files(cur: Path, names: list[tuple[int, str]]) -> dict[int, bytes]:
 class MailAccounts:
     """The open `MailAccount`s of the process, shared by the sessions of each mailbox."""
 
-    def __init__(self, store: MaildirStore, pools: ThreadPools) -> None:
+    def __init__(self, store: MaildirStore, pools: ThreadPools, linger: float = LINGER) -> None:
         self._store = store
         self._pools = pools
+        self.linger = linger
         self._accounts: dict[Address, MailAccount] = {}
         self._poll = LoopingCall(lambda: ensureDeferred(self._poll_listened()))
 
@@ -408,22 +415,50 @@ class MailAccounts:
                 del self._accounts[address]
                 raise
         account.sessions += 1
+        if account.closing is not None:
+            if account.closing.active():
+                account.closing.cancel()
+            account.closing = None
         if not self._poll.running:
             self._poll.start(POLL_INTERVAL, now=False)
         return account
 
     @property
-    def open_accounts(self) -> int:
-        return len(self._accounts)
+    def sessions(self) -> int:
+        """The sessions open on all accounts."""
+        return sum(account.sessions for account in self._accounts.values())
 
     async def release(self, account: MailAccount) -> None:
-        """One session of the account has ended; the last one closes it."""
+        """One session of the account has ended. The account stays open `linger` seconds more,
+        so a client that reconnects (many do, for every check) finds its folders in memory."""
         account.sessions -= 1
-        if account.sessions <= 0 and self._accounts.get(account.address) is account:
+        if account.sessions > 0:
+            return
+        if self.linger > 0:
+            account.closing = reactor.callLater(self.linger, self._close_unused, account)
+        else:
+            await self._close(account)
+
+    def _close_unused(self, account: MailAccount) -> None:
+        account.closing = None
+        if account.sessions <= 0:
+            ensureDeferred(self._close(account)).addErrback(
+                lambda failure: log.failure("closing {address} failed", failure,
+                                            address=str(account.address)))
+
+    async def _close(self, account: MailAccount) -> None:
+        if self._accounts.get(account.address) is account:
             del self._accounts[account.address]
             await account.close()
         if not self._accounts and self._poll.running:
             self._poll.stop()
+
+    async def close_all(self) -> None:
+        """Close every account (the service stops)."""
+        for account in list(self._accounts.values()):
+            if account.closing is not None and account.closing.active():
+                account.closing.cancel()
+            await self._close(account)
 
     def delivered(self, mailbox: Address, folder: str) -> None:
         """A message was delivered here: open sessions see it now (IDLE), not at the next poll."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from imapclient import IMAPClient
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 
 from cloudmail.delivery import Envelope
@@ -35,15 +35,16 @@ def tls_context() -> ssl.SSLContext:
 
 def listen(container, implicit_tls: bool):
     """Serve IMAP over the container on a loopback port; afterwards, wait (briefly) for the
-    sessions to end so that their accounts close before the thread pools stop."""
+    sessions to end, then close the accounts before the thread pools stop."""
     container.certs.load()
     port = reactor.listenTCP(0, container.imap_factory(implicit_tls=implicit_tls),
                              interface="127.0.0.1")
     yield port.getHost().port
     pytest_twisted.blockon(port.stopListening())
     deadline = time.monotonic() + 3
-    while container.mail_accounts.open_accounts and time.monotonic() < deadline:
+    while container.mail_accounts.sessions and time.monotonic() < deadline:
         pytest_twisted.blockon(task.deferLater(reactor, 0.05, lambda: None))
+    pytest_twisted.blockon(defer.ensureDeferred(container.mail_accounts.close_all()))
 
 
 @pytest.fixture
