@@ -251,10 +251,8 @@ def set_flags(folder: Folder, index: MailIndex, uids: list[int], mode: str,
     (RFC 7162 3.1.3) a message changed after that modseq is left alone and listed in
     `Changes.conflicts`. Messages gone meanwhile are skipped. Computed here, under the folder
     lock, so two sessions storing at once never lose each other's flags."""
-    changes = Changes(uidnext=folder.uidnext, highestmodseq=folder.highestmodseq)
+    changes, cur_dir, before = _start(folder)
     modseq = folder.highestmodseq
-    cur_dir = folder.path / "cur"
-    before = dir_mtimes(folder.path)
     for uid in uids:
         message = folder.messages.get(uid)
         if message is None:
@@ -290,9 +288,8 @@ def set_flags(folder: Folder, index: MailIndex, uids: list[int], mode: str,
 
 def expunge(folder: Folder, index: MailIndex, uids: list[int]) -> Changes:
     """Remove these messages' files (blocking), then the folder entry is fsynced."""
-    changes = Changes(uidnext=folder.uidnext, highestmodseq=folder.highestmodseq + 1)
-    cur_dir = folder.path / "cur"
-    before = dir_mtimes(folder.path)
+    changes, cur_dir, before = _start(folder)
+    changes.highestmodseq += 1
     for uid in uids:
         message = folder.messages.get(uid)
         if message is None:
@@ -329,6 +326,13 @@ def add_files(folder: Folder, index: MailIndex, before: tuple[int, int],
     index.save_changes(folder.name, uidnext=uid, highestmodseq=modseq,
                        added=[m.row() for m in changes.added], mtimes=changes.mtimes)
     return changes
+
+
+def _start(folder: Folder) -> tuple[Changes, Path, tuple[int, int]]:
+    """What every change job begins with: empty changes at the folder's counters, its `cur/`,
+    and the directory mtimes before the job touches anything."""
+    return (Changes(uidnext=folder.uidnext, highestmodseq=folder.highestmodseq),
+            folder.path / "cur", dir_mtimes(folder.path))
 
 
 def _own_mtimes(folder: Folder, before: tuple[int, int]) -> tuple[int, int] | None:
