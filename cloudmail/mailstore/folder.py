@@ -28,6 +28,7 @@ LETTER_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\See
                 "T": "\\Deleted"}
 FLAG_LETTERS = {flag.upper(): letter for letter, flag in LETTER_FLAGS.items()}
 SYSTEM_FLAGS = tuple(LETTER_FLAGS[letter] for letter in "RFDST")
+ALL_SYSTEM_FLAGS = frozenset(SYSTEM_FLAGS)
 INFO = ":2,"
 #: Flag changes and expunges kept for sessions to catch up with (see `Folder.changes_since`).
 CHANGELOG_KEEP = 10_000
@@ -123,12 +124,16 @@ class Folder:
         #: Messages above this UID are \Recent for the next session that learns of them.
         self.recent_claimed = self.uidnext - 1
         self.listeners: set = set()
+        self._keywords: list[str] | None = None
 
     def apply(self, changes: Changes) -> None:
         """Take a disk job's result into the shared state and tell the listening sessions."""
-        for message in changes.added:
-            self.messages[message.uid] = message
-            self.uids.append(message.uid)
+        if changes.added:
+            for message in changes.added:
+                self.messages[message.uid] = message
+            # A new list, never a change in place: sessions share the old one until they are
+            # told of the change (see imap/selected.py).
+            self.uids = self.uids + [m.uid for m in changes.added]
         for message in changes.changed:
             if message.uid in self.messages:
                 self.messages[message.uid] = message
@@ -145,8 +150,19 @@ class Folder:
             self.mtimes = changes.mtimes
         self._trim_changelog()
         if not changes.empty:
+            self._keywords = None
             for listener in list(self.listeners):
                 listener()
+
+    def keywords(self) -> list[str]:
+        """Every keyword in use in the folder, for SELECT's FLAGS (kept until a change)."""
+        if self._keywords is None:
+            found: set[str] = set()
+            for message in self.messages.values():
+                if len(message.flags) > len(message.flags & ALL_SYSTEM_FLAGS):
+                    found.update(message.flags - ALL_SYSTEM_FLAGS)
+            self._keywords = sorted(found)
+        return self._keywords
 
     @property
     def changelog_end(self) -> int:
