@@ -110,7 +110,8 @@ class Container:
         """The `imap` listener's factory (STARTTLS), or with `implicit_tls` the `imaps` one."""
         factory = ImapFactory(self.config.server.hostname, self.authenticator,
                               self.mail_accounts, self.login_throttle, self.spool_dir,
-                              tls_creator=None if implicit_tls else self.certs.server_creator())
+                              tls_creator=None if implicit_tls else self.certs.server_creator(),
+                              max_literal=self.config.imap.max_append_size)
         if implicit_tls:
             return TLSMemoryBIOFactory(self.certs.server_creator(), False, factory)
         return factory

@@ -137,6 +137,14 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """`[imap]`: the IMAP listeners' limits. `max_append_size` is the largest message APPEND
+    takes (announced as APPENDLIMIT, RFC 7889); a bigger literal is refused before it is read."""
+
+    max_append_size: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class DnsConfig:
     """`[dns]`: the name servers as `(ip, port)` (empty: /etc/resolv.conf) and the timeout of
     each query in seconds."""
@@ -158,6 +166,7 @@ class Config:
     ldap: LdapConfig
     admin: AdminConfig = field(repr=False)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
 
 
@@ -257,7 +266,8 @@ def _config_dir(source: Path | None) -> Path:
 
 
 def _build(source: Path | None, raw: dict[str, Any]) -> Config:
-    known = {"server", "listen", "tls", "database", "directory", "ldap", "admin", "smtp", "dns"}
+    known = {"server", "listen", "tls", "database", "directory", "ldap", "admin", "smtp", "imap",
+             "dns"}
     for name in raw:
         if name not in known:
             where = str(source) if source else "<defaults>"
@@ -274,6 +284,7 @@ def _build(source: Path | None, raw: dict[str, Any]) -> Config:
         ldap=_ldap(_Table(source, "ldap", raw.get("ldap", {}))),
         admin=_admin(_Table(source, "admin", raw.get("admin", {})), data),
         smtp=_smtp(_Table(source, "smtp", raw.get("smtp", {}))),
+        imap=_imap(_Table(source, "imap", raw.get("imap", {}))),
         dns=_dns(_Table(source, "dns", raw.get("dns", {}))),
     )
     _check_cross_section(config)
@@ -416,6 +427,13 @@ def _smtp(t: _Table) -> SmtpConfig:
         ip_blocklist=t.path("ip_blocklist", None),
         sender_blocklist=t.path("sender_blocklist", None),
     )
+    t.finish()
+    return config
+
+
+def _imap(t: _Table) -> ImapConfig:
+    config = ImapConfig(max_append_size=t.whole("max_append_size", ImapConfig.max_append_size,
+                                                1024, 2**32 - 1))
     t.finish()
     return config
 

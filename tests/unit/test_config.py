@@ -98,6 +98,8 @@ def test_hostname_is_normalised(tmp_path):
     ("[ldap]\nstart_tls = 'yes'\n", "[ldap] start_tls: must be a bool, not str 'yes'"),
     ("server = 1\n", "[server]: must be a table"),
     ("[smtp]\nmax_message_size = 10\n", "[smtp] max_message_size: must be a whole number from 1024"),
+    ("[imap]\nmax_append_size = 5\n", "[imap] max_append_size: must be a whole number from 1024"),
+    ("[imap]\nappend_limit = 5\n", "[imap] append_limit: unknown key"),
     ("[smtp]\nmax_message_size = 1.5e6\n", "[smtp] max_message_size: must be an int, not float"),
     ("[smtp]\nmax_recipients = 0\n", "[smtp] max_recipients: must be a whole number from 1"),
     ("[smtp]\nmax_connections_per_ip = true\n", "[smtp] max_connections_per_ip: must be a number"),
