@@ -26,6 +26,9 @@ MACROS = {
 INDEX_ITEMS = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
 STRUCTURE_ITEMS = {"ENVELOPE", "BODYSTRUCTURE"}
 CONTENT_ITEMS = {"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODY"}
+#: RFC 3501 6.4.5: RFC822.HEADER and RFC822.TEXT are BODY.PEEK[HEADER] and BODY[TEXT].
+HEADER = mime.FetchAtt(specifier="HEADER", peek=True)
+TEXT = mime.FetchAtt(specifier="TEXT")
 
 
 @dataclass
@@ -80,10 +83,14 @@ def parse_fetch(args: list, *, uid: bool, condstore: bool) -> FetchRequest:
 
 
 def _item(atom: object) -> str | mime.FetchAtt:
+    """One attribute; BINARY (RFC 3516) is not advertised, so it is refused here rather than
+    failing on a part it cannot decode."""
     if not isinstance(atom, Atom):
         raise ParseError("FETCH attributes are atoms")
     name = atom.upper()
     if "[" in name:
+        if name.startswith("BINARY"):
+            raise ParseError(f"BINARY is not offered: {atom}")
         try:
             return mime.parse_fetch_att(str(atom))
         except ValueError as e:
@@ -140,10 +147,9 @@ def render(seq: int, message: Message, flags: frozenset[str], request: FetchRequ
         elif item == "RFC822":
             parts.append(b"RFC822 " + literal(content or b""))
         elif item == "RFC822.HEADER":
-            head, separator, _ = (content or b"").partition(b"\r\n\r\n")
-            parts.append(b"RFC822.HEADER " + literal(head + separator))
+            parts.append(b"RFC822.HEADER " + literal(mime.fetch_section(content or b"", HEADER)))
         elif item == "RFC822.TEXT":
-            parts.append(b"RFC822.TEXT " + literal((content or b"").partition(b"\r\n\r\n")[2]))
+            parts.append(b"RFC822.TEXT " + literal(mime.fetch_section(content or b"", TEXT)))
     return b"* %d FETCH (%s)" % (seq, b" ".join(parts))
 
 

@@ -24,6 +24,8 @@ STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHE
                 "SIZE")
 PERMANENT_FLAGS = b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
 ENABLEABLE = ("CONDSTORE", "UTF8=ACCEPT")
+#: RFC 5258 3.1 and RFC 6154 3: the LIST selection options we know; any other is BAD.
+SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 
 
 class MailboxCommands:
@@ -33,7 +35,9 @@ class MailboxCommands:
     # --- names -----------------------------------------------------------------------------------
 
     def folder_name(self, value: object) -> str:
-        """A folder name argument as text; BAD for what cannot be a name."""
+        """A folder name argument as text; BAD for what cannot be a name. Before ENABLE
+        UTF8=ACCEPT a name must be modified UTF-7 in its one canonical form (RFC 3501 5.1.3: a
+        bare `&`, 8-bit text or an encoded printable character is not)."""
         if isinstance(value, (list, LiteralFile)):
             raise Bad("a folder name was expected")
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
@@ -43,9 +47,12 @@ class MailboxCommands:
             raise Bad("folder names are UTF-8 or modified UTF-7") from None
         if "UTF8=ACCEPT" not in self.enabled:
             try:
-                text = decode_mutf7(text)
+                decoded = decode_mutf7(text)
             except ValueError:
-                raise Bad("malformed modified UTF-7 in a folder name") from None
+                decoded = None
+            if decoded is None or encode_mutf7(decoded) != text:
+                raise Bad("malformed modified UTF-7 in a folder name")
+            text = decoded
         return canonical(text.rstrip("/") if text != "/" else text)
 
     def wire_name(self, name: str) -> bytes:
@@ -133,6 +140,9 @@ class MailboxCommands:
         selection: set[str] = set()
         if args and isinstance(args[0], list):
             selection = {str(a).upper() for a in args.pop(0)}
+            unknown = selection - SELECTION_OPTIONS
+            if unknown:
+                raise Bad(f"unknown LIST selection option {' '.join(sorted(unknown))}")
         returns: set[str] = set()
         status_items: list[str] = []
         if len(args) >= 4 and str(args[-2]).upper() == "RETURN" and isinstance(args[-1], list):
@@ -142,7 +152,7 @@ class MailboxCommands:
             while index < len(options):
                 option = str(options[index]).upper()
                 if option == "STATUS" and index + 1 < len(options):
-                    status_items = [str(i).upper() for i in options[index + 1]]
+                    status_items = _status_items(options[index + 1])
                     index += 1
                 returns.add(option)
                 index += 1
@@ -188,9 +198,7 @@ class MailboxCommands:
         """RFC 3501 6.3.10 (+ HIGHESTMODSEQ, RFC 7162; SIZE, RFC 8438)."""
         if len(command.args) != 2 or not isinstance(command.args[1], list):
             raise Bad("STATUS needs a folder name and a list of items")
-        items = [str(i).upper() for i in command.args[1]]
-        if not items or any(i not in STATUS_ITEMS for i in items):
-            raise Bad(f"STATUS items are {' '.join(STATUS_ITEMS)}")
+        items = _status_items(command.args[1])
         await self._status_line(self.folder_name(command.args[0]), items)
         return Done("STATUS completed")
 
@@ -369,6 +377,15 @@ def _attributes(info: FolderInfo, subscribed: bool) -> list[bytes]:
     if subscribed and info.subscribed:
         attributes.append(b"\\Subscribed")
     return attributes
+
+
+def _status_items(values: object) -> list[str]:
+    """The item names of STATUS, or of LIST's RETURN (STATUS (…)) (RFC 5819); BAD for an
+    unknown one or an empty list."""
+    items = [str(i).upper() for i in values] if isinstance(values, list) else []
+    if not items or any(i not in STATUS_ITEMS for i in items):
+        raise Bad(f"STATUS items are {' '.join(STATUS_ITEMS)}")
+    return items
 
 
 def _status_value(folder: Folder, item: str) -> int:

@@ -17,10 +17,9 @@ from typing import Any
 
 from cloudmail.imap import mime
 from cloudmail.imap.fetch import compute_structure, parse_fetch, render
-from cloudmail.imap.format import plist
 from cloudmail.imap.mailboxes import parse_flags
 from cloudmail.imap.results import Bad, Done, No
-from cloudmail.imap.search import (SearchContext, SearchError, SearchSyntaxError, parse_search)
+from cloudmail.imap.search import SearchContext, SearchError, SearchSyntaxError, parse_search
 from cloudmail.imap.selected import SelectedFolder
 from cloudmail.imap.tokens import Atom, ParseError, SequenceSet
 from cloudmail.mailstore.account import FolderError
@@ -87,10 +86,10 @@ class MessageCommands:
     async def cmd_EXPUNGE(self, command: Any, uid: bool = False) -> Done:
         """RFC 3501 6.4.3; UID EXPUNGE (RFC 4315 2.1) only within the given UIDs. The EXPUNGE
         responses come with the session's updates as the command completes."""
+        if len(command.args) != (1 if uid else 0):
+            raise Bad("UID EXPUNGE needs a UID set" if uid else "EXPUNGE takes no arguments")
         view = self.writable()
         wanted = set(self.resolve(command.args[0], True)) if uid else None
-        if uid and len(command.args) != 1:
-            raise Bad("UID EXPUNGE needs a UID set")
         deleted = [m.uid for m in view.folder.messages.values() if "\\Deleted" in m.flags
                    and (wanted is None or m.uid in wanted)]
         if deleted:
@@ -101,7 +100,7 @@ class MessageCommands:
 
     async def cmd_SEARCH(self, command: Any, uid: bool = False) -> Done:
         """RFC 3501 6.4.4: queries on flags and numbers run here; those on headers or text
-        read the files in the io pool."""
+        read the files in the io pool. A MODSEQ key turns CONDSTORE on (RFC 7162 3.1)."""
         view = self.selected
         try:
             query = parse_search(command.args)
@@ -109,6 +108,8 @@ class MessageCommands:
             raise Bad(e.text) from None
         except SearchError as e:
             raise No(e.text, e.code) from None
+        if query.uses_modseq:
+            view.condstore = True
         context = SearchContext(max_seq=view.exists, max_uid=view.uids[-1] if view.uids else 0)
         candidates = [_Target(seq, m, view.flags(u), view.folder.path / "cur")
                       for seq, u in enumerate(view.uids, 1)
@@ -128,7 +129,8 @@ class MessageCommands:
 
     async def cmd_FETCH(self, command: Any, uid: bool = False) -> Done:
         """RFC 3501 6.4.5 (see `fetch.py`); a non-PEEK body fetch sets \\Seen first and the
-        answer then carries the new FLAGS."""
+        answer then carries the new FLAGS. CHANGEDSINCE or MODSEQ turn CONDSTORE on (RFC 7162
+        3.1)."""
         view = self.selected
         if len(command.args) < 2:
             raise Bad("FETCH needs a message set and attributes")
@@ -137,8 +139,9 @@ class MessageCommands:
             request = parse_fetch(command.args[1:], uid=uid, condstore=view.condstore)
         except ParseError as e:
             raise Bad(str(e)) from None
-        if request.changed_since is not None:
+        if request.changed_since is not None or "MODSEQ" in request.items:
             view.condstore = True
+        if request.changed_since is not None:
             uids = [u for u in uids if (m := view.message(u)) and m.modseq > request.changed_since]
         if request.sets_seen and not view.readonly:
             unseen = [u for u in uids if (m := view.message(u)) and "\\Seen" not in m.flags]
@@ -176,7 +179,8 @@ class MessageCommands:
 
     async def cmd_STORE(self, command: Any, uid: bool = False) -> Done:
         """RFC 3501 6.4.6, with UNCHANGEDSINCE (RFC 7162 3.1.3): messages changed since are
-        left alone and named in `[MODIFIED …]`."""
+        left alone and named in `[MODIFIED …]`. \\Recent is the server's alone (RFC 3501
+        2.3.2): STORE naming it is BAD rather than silently dropping it from the set."""
         view = self.writable()
         args = list(command.args)
         if len(args) < 3:
@@ -197,7 +201,10 @@ class MessageCommands:
         operation = item.removesuffix(".SILENT")
         if operation not in ("FLAGS", "+FLAGS", "-FLAGS"):
             raise Bad("STORE items are FLAGS, +FLAGS and -FLAGS (.SILENT)")
-        flags = parse_flags(args[1] if isinstance(args[1], list) else [args[1]])
+        values = args[1] if isinstance(args[1], list) else [args[1]]
+        if any(isinstance(v, str) and v.upper() == "\\RECENT" for v in values):
+            raise Bad("\\Recent cannot be changed by STORE (RFC 3501 2.3.2)")
+        flags = parse_flags(values)
         mode = {"FLAGS": "", "+FLAGS": "+", "-FLAGS": "-"}[operation]
         changes = await self.account.set_flags(view.folder, uids, mode, flags, unchanged_since)
         changed = {m.uid for m in changes.changed}

@@ -28,10 +28,18 @@ class SelectedFolder:
         self.uids: list[int] = list(folder.uids)
         self.known_modseq = folder.highestmodseq
         self._changelog_position = folder.changelog_end
-        first_recent = folder.claim_recent()
+        first_recent = self._first_recent()
         self.recent: set[int] = {uid for uid in self.uids if uid >= first_recent}
         #: (uid, modseq) this session has already reported itself (its own STORE answers).
         self._reported: set[tuple[int, int]] = set()
+
+    def _first_recent(self) -> int:
+        """The lowest UID that is \\Recent in this view. A read-only view shows \\Recent but
+        does not take it away from the next session (RFC 3501 6.3.2: EXAMINE MUST NOT cause
+        messages to lose the \\Recent flag)."""
+        if self.readonly:
+            return self.folder.recent_claimed + 1
+        return self.folder.claim_recent()
 
     @property
     def exists(self) -> int:
@@ -73,7 +81,7 @@ class SelectedFolder:
         last = self.uids[-1] if self.uids else 0
         arrived = [uid for uid in folder.uids[bisect_left(folder.uids, last + 1):]]
         if arrived:
-            first_recent = folder.claim_recent()
+            first_recent = self._first_recent()
             self.uids.extend(arrived)
             self.recent.update(uid for uid in arrived if uid >= first_recent)
             lines.append(b"* %d EXISTS" % len(self.uids))

@@ -37,10 +37,10 @@ from cloudmail.directory.cred import Authenticator
 from cloudmail.directory.throttle import LoginThrottle
 from cloudmail.errors import AuthenticationFailed, DirectoryUnavailable
 from cloudmail.imap.mailboxes import MailboxCommands
-from cloudmail.imap.results import Bad, Done, No
 from cloudmail.imap.messages import MessageCommands
+from cloudmail.imap.results import Bad, Done, No
 from cloudmail.imap.selected import SelectedFolder
-from cloudmail.imap.tokens import Atom, LiteralFile
+from cloudmail.imap.tokens import LiteralFile
 from cloudmail.imap.wire import (CommandError, CommandReader, ContinuationNeeded, RawCommand,
                                  Refused, parse_command)
 from cloudmail.mailstore.account import MailAccount, MailAccounts
