@@ -25,11 +25,14 @@ class SelectedFolder:
         self.folder = folder
         self.readonly = readonly
         self.condstore = condstore
-        self.uids: list[int] = list(folder.uids)
+        #: This view's UIDs by sequence number. It is the folder's own list (which the folder
+        #: replaces, never changes in place) for as long as the two agree, so a thousand
+        #: sessions on one big folder hold one list, and an idle session costs no scan.
+        self.uids: list[int] = folder.uids
         self.known_modseq = folder.highestmodseq
         self._changelog_position = folder.changelog_end
         first_recent = self._first_recent()
-        self.recent: set[int] = {uid for uid in self.uids if uid >= first_recent}
+        self.recent: set[int] = set(self.uids[bisect_left(self.uids, first_recent):])
         #: (uid, modseq) this session has already reported itself (its own STORE answers).
         self._reported: set[tuple[int, int]] = set()
 
@@ -70,22 +73,8 @@ class SelectedFolder:
         """The untagged responses (without CRLF) that bring the view up to date."""
         lines: list[bytes] = []
         folder = self.folder
-        if allow_expunge:
-            gone = [uid for uid in self.uids if uid not in folder.messages]
-            for uid in reversed(gone):
-                seq = self.seq(uid)
-                if seq is not None:
-                    del self.uids[seq - 1]
-                    self.recent.discard(uid)
-                    lines.append(b"* %d EXPUNGE" % seq)
-        last = self.uids[-1] if self.uids else 0
-        arrived = [uid for uid in folder.uids[bisect_left(folder.uids, last + 1):]]
-        if arrived:
-            first_recent = self._first_recent()
-            self.uids.extend(arrived)
-            self.recent.update(uid for uid in arrived if uid >= first_recent)
-            lines.append(b"* %d EXISTS" % len(self.uids))
-            lines.append(b"* %d RECENT" % len(self.recent))
+        if self.uids is not folder.uids:
+            lines += self._catch_up(allow_expunge)
         changed: dict[int, Message] = {}
         entries = folder.changes_since(self._changelog_position)
         if entries is None:
@@ -103,6 +92,30 @@ class SelectedFolder:
             if seq is not None:
                 lines.append(self.flags_line(seq, message))
         self.known_modseq = folder.highestmodseq
+        return lines
+
+    def _catch_up(self, allow_expunge: bool) -> list[bytes]:
+        """EXPUNGE (when allowed), EXISTS and RECENT for the folder's new list of UIDs."""
+        lines: list[bytes] = []
+        folder, uids = self.folder, self.uids
+        last = uids[-1] if uids else 0
+        arrived = folder.uids[bisect_left(folder.uids, last + 1):]
+        expunged = len(uids) + len(arrived) != len(folder.uids)
+        if allow_expunge and expunged:
+            gone = [uid for uid in uids if uid not in folder.messages]
+            for uid in reversed(gone):  # highest first: each number is right as it is sent
+                lines.append(b"* %d EXPUNGE" % (bisect_left(uids, uid) + 1))
+                self.recent.discard(uid)
+            dropped = set(gone)
+            uids = [uid for uid in uids if uid not in dropped]
+            expunged = False
+        if arrived:
+            first_recent = self._first_recent()
+            uids = uids + arrived
+            self.recent.update(uid for uid in arrived if uid >= first_recent)
+            lines.append(b"* %d EXISTS" % len(uids))
+            lines.append(b"* %d RECENT" % len(self.recent))
+        self.uids = uids if expunged else folder.uids
         return lines
 
     def flags_line(self, seq: int, message: Message, *, with_uid: bool = True) -> bytes:
