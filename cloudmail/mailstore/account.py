@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cloudmail.address import Address
 from cloudmail.mailstore import folder as folders
@@ -85,6 +86,8 @@ class MailAccount:
         self._index: MailIndex | None = None
         self._folders: dict[str, Folder] = {}
         self.sessions = 0
+        #: Fires when `open` is done (sessions logging in at the same moment wait for it).
+        self.opened: Deferred[None] = succeed(None)
         #: The pending close once the last session has gone (see `MailAccounts.release`).
         self.closing: IDelayedCall | None = None
 
@@ -393,6 +396,20 @@ def _read_files(cur: Path, names: list[tuple[int, str]]) -> dict[int, bytes]:
     return found
 
 
+def _shared(deferred: Deferred[None]) -> Deferred[None]:
+    """A Deferred that fires like `deferred` without taking its result away from others."""
+    mirror: Deferred[None] = Deferred()
+
+    def relay(result: object) -> object:
+        if isinstance(result, Failure):
+            mirror.errback(result)
+        else:
+            mirror.callback(None)
+        return result
+    deferred.addBoth(relay)
+    return mirror
+
+
 class MailAccounts:
     """The open `MailAccount`s of the process, shared by the sessions of each mailbox."""
 
@@ -409,11 +426,18 @@ class MailAccounts:
         if account is None:
             account = MailAccount(address, self._store, self._pools)
             self._accounts[address] = account
+            account.opened = ensureDeferred(account.open())
             try:
-                await account.open()
+                await account.opened
             except BaseException:
                 del self._accounts[address]
                 raise
+        else:
+            # Another session is opening it right now: share the outcome (asking its
+            # Deferred through a new one, so that each waiter gets the result).
+            await _shared(account.opened)
+            if account._index is None:
+                raise FolderError("UNAVAILABLE", "the mailbox could not be opened")
         account.sessions += 1
         if account.closing is not None:
             if account.closing.active():

@@ -304,3 +304,33 @@ async def test_bad_commands_get_bad_and_the_session_goes_on(container, imap):
     answers, still = await deferToThread(script)
     assert all(b" BAD " in answer for answer in answers)
     assert still
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_sessions_log_in_to_one_mailbox_at_once(container, imap):
+    """Ten clients logging in to the same mailbox at the same moment all get a working
+    session (the account is opened once, the others wait for it)."""
+    await book(container)
+    await deliver(container)
+
+    def one() -> int:
+        c = client(imap)
+        exists = c.select_folder("INBOX")[b"EXISTS"]
+        c.logout()
+        return exists
+    results = await defer.gatherResults([deferToThread(one) for _ in range(10)])
+    assert results == [1] * 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_opened_twice_at_once_is_ready_for_both(container):
+    """The second `open` of a mailbox still being opened waits for it instead of handing out
+    an account whose index is not there yet."""
+    from cloudmail.address import Address
+    await book(container)
+    alice = Address("alice", "example.com")
+    first = defer.ensureDeferred(container.mail_accounts.open(alice))
+    second = await container.mail_accounts.open(alice)
+    assert (await second.folder("INBOX")).name == "INBOX"
+    assert await first is second
+    await container.mail_accounts.close_all()
