@@ -11,8 +11,8 @@ holds at most `BATCH` messages in memory.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from datetime import date, datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from cloudmail.imap import mime
@@ -22,8 +22,8 @@ from cloudmail.imap.results import Bad, Done, No
 from cloudmail.imap.search import SearchContext, SearchError, SearchSyntaxError, parse_search
 from cloudmail.imap.selected import SelectedFolder
 from cloudmail.imap.tokens import Atom, ParseError, SequenceSet
-from cloudmail.mailstore.account import FolderError
-from cloudmail.mailstore.folder import Message
+from cloudmail.mailstore.account import FolderError, read_message
+from cloudmail.mailstore.folder import Folder, Message
 
 BATCH = 200
 
@@ -46,8 +46,7 @@ class MessageCommands:
         except ParseError as e:
             raise Bad(str(e)) from None
         if uid:
-            largest = view.uids[-1] if view.uids else 0
-            return [u for u in view.uids if numbers.contains(u, largest)] if view.uids else []
+            return _uids_in(view.uids, numbers)
         if not view.uids:
             if str(value) in ("*", "1:*"):
                 return []
@@ -111,9 +110,8 @@ class MessageCommands:
         if query.uses_modseq:
             view.condstore = True
         context = SearchContext(max_seq=view.exists, max_uid=view.uids[-1] if view.uids else 0)
-        candidates = [_Target(seq, m, view.flags(u), view.folder.path / "cur")
-                      for seq, u in enumerate(view.uids, 1)
-                      if (m := view.message(u)) is not None]
+        candidates = [_Target(seq, m, view.flags(u), view.folder)
+                      for seq, u in enumerate(view.uids, 1) if (m := view.message(u)) is not None]
         if query.needs_headers or query.needs_body:
             found = await self.account.run(_search, query, candidates, context)
         else:
@@ -273,6 +271,19 @@ class MessageCommands:
         return await getattr(self, f"cmd_{name}")(inner, uid=True)
 
 
+def _uids_in(uids: list[int], numbers: SequenceSet) -> list[int]:
+    """The UIDs of the sorted `uids` that a UID set names, ascending, each once: found by
+    bisection per range, not by testing every message (`UID FETCH 1:*` on 100,000 messages)."""
+    if not uids:
+        return []
+    ranges = sorted(numbers.bounds(uids[-1]))
+    found: list[int] = []
+    for low, high in ranges:
+        start = bisect_left(uids, max(low, found[-1] + 1 if found else low))
+        found.extend(uids[start:bisect_right(uids, high)])
+    return found
+
+
 def _set_text(numbers: list[int]) -> str:
     """Numbers as a compact sequence set: `1:3,7`."""
     ranges: list[list[int]] = []
@@ -285,23 +296,24 @@ def _set_text(numbers: list[int]) -> str:
 
 
 class _Target:
-    """A message as SEARCH sees it; the file is read (once) only if a key needs it."""
+    """A message as SEARCH sees it; the file is read (once) only if a key needs it, and the
+    internal date is made only if a date key asks (most searches are on flags)."""
 
-    __slots__ = ("seq", "uid", "flags", "size", "internal_date", "modseq", "_path", "_raw")
+    __slots__ = ("seq", "uid", "flags", "size", "modseq", "_message", "_folder", "_raw")
 
-    def __init__(self, seq: int, message: Message, flags: frozenset[str], cur: Path) -> None:
+    def __init__(self, seq: int, message: Message, flags: frozenset[str], folder: Folder) -> None:
         self.seq, self.uid, self.flags = seq, message.uid, flags
         self.size, self.modseq = message.size, message.modseq
-        self.internal_date = datetime.fromtimestamp(message.internal_date, timezone.utc)
-        self._path = cur / message.name
+        self._message, self._folder = message, folder
         self._raw: bytes | None = None
+
+    @property
+    def internal_date(self) -> datetime:
+        return datetime.fromtimestamp(self._message.internal_date, timezone.utc)
 
     def _content(self) -> bytes:
         if self._raw is None:
-            try:
-                self._raw = self._path.read_bytes()
-            except FileNotFoundError:
-                self._raw = b""
+            self._raw = read_message(self._folder, self.uid) or b""
         return self._raw
 
     def header_values(self, name: str) -> list[str]:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ISSLTransport
+from twisted.internet.interfaces import (IOpenSSLServerConnectionCreator, ISSLTransport,
+                                         ITCPTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -104,6 +105,11 @@ class ImapServer(MailboxCommands, MessageCommands, Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.peer_ip = getattr(self.transport.getPeer(), "host", "")
+        # A response written in two parts must not wait for the client's delayed ACK (under
+        # implicit TLS the TCP transport is the TLS layer's own).
+        tcp = getattr(self.transport, "transport", self.transport)
+        if ITCPTransport.providedBy(tcp):
+            tcp.setTcpNoDelay(True)
         self.tls = ISSLTransport.providedBy(self.transport)
         self.reader = self.factory.new_reader()
         self.setTimeout(LOGIN_TIMEOUT)

@@ -31,7 +31,7 @@ from cloudmail.mailstore import folder as folders
 from cloudmail.mailstore.folder import Changes, Folder, with_flags
 from cloudmail.mailstore.index import INDEX_FILE, MailIndex
 from cloudmail.mailstore.maildir import (INBOX, BadFolderName, MaildirStore, fsync_dir,
-                                         imap_folder_name, maildir_folder_name)
+                                         imap_folder_name)
 from cloudmail.threads import ThreadPools
 
 log = Logger()
@@ -42,6 +42,7 @@ SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Spam
 POLL_INTERVAL = 1.0
 #: Seconds an account stays open after its last session (its folders stay in memory).
 LINGER = 60.0
+_READ_ATTEMPTS = 3
 
 
 class FolderError(Exception):
@@ -364,35 +365,50 @@ class MailAccount:
                          ) -> dict[int, tuple[bytes, bytes]]:
         """ENVELOPE and BODYSTRUCTURE of these messages, by UID: from the index, or computed
         from the file by `compute` once and then kept there."""
-        entries = [(uid, state.messages[uid].name) for uid in uids if uid in state.messages]
-        return await self.run(self._structures, state, entries, compute)
+        return await self.run(self._structures, state, [u for u in uids if u in state.messages],
+                              compute)
 
-    def _structures(self, state: Folder, entries: list[tuple[int, str]],
+    def _structures(self, state: Folder, uids: list[int],
                     compute: Callable[[bytes], tuple[bytes, bytes]]
                     ) -> dict[int, tuple[bytes, bytes]]:
-        found = self.index.cached_structure(state.name, [uid for uid, _ in entries])
-        missing = [(uid, name) for uid, name in entries if uid not in found]
+        found = self.index.cached_structure(state.name, uids)
+        missing = [uid for uid in uids if uid not in found]
         computed = {uid: compute(content)
-                    for uid, content in _read_files(state.path / "cur", missing).items()}
+                    for uid, content in read_messages(state, missing).items()}
         if computed:
             self.index.cache_structure(state.name, computed)
         return found | computed
 
     async def read(self, state: Folder, uids: list[int]) -> dict[int, bytes]:
-        """The stored bytes of these messages, by UID (a message whose file is gone is left
-        out: another program removed it; the next sync expunges it)."""
-        names = [(uid, state.messages[uid].name) for uid in uids if uid in state.messages]
-        return await self.run(_read_files, state.path / "cur", names)
+        """The stored bytes of these messages, by UID (see `read_messages`)."""
+        return await self.run(read_messages, state, uids)
 
 
-def _read_files(cur: Path, names: list[tuple[int, str]]) -> dict[int, bytes]:
-    found = {}
-    for uid, name in names:
+def read_message(state: Folder, uid: int) -> bytes | None:
+    """The stored bytes of one message (blocking), or None once it is gone. Reading takes no
+    lock: when another session's STORE renames the file meanwhile, the folder already has the
+    new name, so the name is looked up again."""
+    cur = state.path / "cur"
+    for _ in range(_READ_ATTEMPTS):
+        message = state.messages.get(uid)
+        if message is None:
+            return None
         try:
-            with open(cur / name, "rb") as f:
-                found[uid] = f.read()
+            with open(cur / message.name, "rb") as f:
+                return f.read()
         except FileNotFoundError:
             continue
+    return None
+
+
+def read_messages(state: Folder, uids: list[int]) -> dict[int, bytes]:
+    """The stored bytes of these messages, by UID (blocking). A message whose file is gone is
+    left out: another program removed it, and the next sync expunges it."""
+    found = {}
+    for uid in uids:
+        content = read_message(state, uid)
+        if content is not None:
+            found[uid] = content
     return found
 
 

@@ -251,7 +251,9 @@ def scan(folder: Folder, index: MailIndex, *, force: bool = False) -> Changes:
     if changes.removed:
         modseq += 1
     changes.uidnext, changes.highestmodseq = uid, modseq
-    changes.mtimes = dir_mtimes(folder.path)
+    # The mtimes from before the listing: a file arriving while it ran changes them again, so
+    # the next scan looks (our own moves from new/ cost one more listing, never a lost file).
+    changes.mtimes = mtimes
     index.save_changes(folder.name, uidnext=uid, highestmodseq=modseq,
                        added=[m.row() for m in changes.added],
                        updated=[m.row() for m in changes.changed],

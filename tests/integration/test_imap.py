@@ -9,7 +9,6 @@ from __future__ import annotations
 import imaplib
 import ssl
 import time
-from pathlib import Path
 
 import pytest
 import pytest_twisted
