@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from cloudmail.address import Address
 from cloudmail.mailstore import folder as folders
-from cloudmail.mailstore.folder import Changes, Folder, with_flags
+from cloudmail.mailstore.folder import Changes, Folder, split_name, with_flags
 from cloudmail.mailstore.index import INDEX_FILE, MailIndex
 from cloudmail.mailstore.maildir import (INBOX, BadFolderName, MaildirStore, fsync_dir,
                                          imap_folder_name)
@@ -42,7 +42,6 @@ SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Spam
 POLL_INTERVAL = 1.0
 #: Seconds an account stays open after its last session (its folders stay in memory).
 LINGER = 60.0
-_READ_ATTEMPTS = 3
 
 
 class FolderError(Exception):
@@ -386,18 +385,24 @@ class MailAccount:
 
 def read_message(state: Folder, uid: int) -> bytes | None:
     """The stored bytes of one message (blocking), or None once it is gone. Reading takes no
-    lock: when another session's STORE renames the file meanwhile, the folder already has the
-    new name, so the name is looked up again."""
+    lock: when a STORE in another thread has just renamed the file (new flags) and the folder
+    does not know the new name yet, the file is found by its unique base name instead."""
+    message = state.messages.get(uid)
+    if message is None:
+        return None
     cur = state.path / "cur"
-    for _ in range(_READ_ATTEMPTS):
-        message = state.messages.get(uid)
-        if message is None:
-            return None
-        try:
-            with open(cur / message.name, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            continue
+    try:
+        with open(cur / message.name, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        pass
+    for entry in os.scandir(cur):
+        if split_name(entry.name)[0] == message.base:
+            try:
+                with open(entry.path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
     return None
 
 

@@ -136,3 +136,17 @@ def test_a_folder_made_again_gets_a_new_uidvalidity(index):
     first = index.add_folder("Old")
     index.remove_folder("Old")
     assert index.add_folder("Old").uidvalidity > first.uidvalidity
+
+
+def test_a_read_finds_a_file_renamed_by_a_store_not_yet_applied(store, index):
+    """A STORE in another thread may have renamed the file before the folder knows the new
+    name: the read finds it by its base name instead of losing the message."""
+    from cloudmail.mailstore.account import read_message
+    store.deliver(ALICE, b"Subject: kept\r\n\r\nbody\r\n")
+    folder = load(store, index)
+    rescan(folder, index)
+    message = folder.messages[1]
+    cur = folder.path / "cur"
+    os.rename(cur / message.name, cur / with_flags(message.name, frozenset({"\\Seen"})))
+    assert read_message(folder, 1) == b"Subject: kept\r\n\r\nbody\r\n"
+    assert read_message(folder, 2) is None
