@@ -71,6 +71,9 @@ class Message:
     internal_date: float
     modseq: int
 
+    def __post_init__(self) -> None:
+        self.flags = _interned(self.flags)
+
     @property
     def keywords(self) -> tuple[str, ...]:
         return tuple(sorted(f for f in self.flags if not is_system_flag(f)))
@@ -78,6 +81,22 @@ class Message:
     def row(self) -> MessageRow:
         return MessageRow(self.uid, self.base, self.name, self.keywords, self.size,
                           self.internal_date, self.modseq)
+
+
+_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}
+#: Distinct flag sets kept for sharing; a folder has a handful, a hostile one is not kept.
+_MAX_FLAG_SETS = 10_000
+
+
+def _interned(flags: frozenset[str]) -> frozenset[str]:
+    """One shared object per distinct flag set: a folder of 100,000 messages has only a few
+    sets, so its messages need not hold 100,000 copies (about 200 bytes each)."""
+    shared = _FLAG_SETS.get(flags)
+    if shared is not None:
+        return shared
+    if len(_FLAG_SETS) < _MAX_FLAG_SETS:
+        _FLAG_SETS[flags] = flags
+    return flags
 
 
 def message_from_row(row: MessageRow) -> Message:
