@@ -25,7 +25,7 @@ lowered, with a warning.
         [--modes starttls,imaps] [--parallel 100] [--sample 0] [--dir PATH] [--keep] [--json]
 
 Logins are the slow part of setting up (an argon2 hash check each, ≈20 ms of server CPU). It
-imports the server, message and client helpers from imap_select.py next to it. The exit status
+imports the server, message and client helpers from harness.py next to it. The exit status
 is 1 when a connection failed, a sampled client missed the delivery or the server logged an error.
 """
 
@@ -33,25 +33,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import resource
-import shutil
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+# harness.py is next to this script: its folder goes first on sys.path however it was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imap_select import (
+from harness import (
     Imap,
     ImapError,
     MessageMaker,
     Server,
+    add_output_options,
+    emit,
     fill_maildir,
+    fresh_server,
     percentile,
+    print_lists,
     tls_context,
 )
 
@@ -105,7 +107,7 @@ def drop_message(maildir: Path, maker: MessageMaker) -> None:
 async def measure(server: Server, maildir: Path, args: argparse.Namespace, count: int,
                   mode: str, report: dict) -> None:
     implicit = mode == "imaps"
-    port = server.imaps_port if implicit else server.imap_port
+    port = server.ports["imaps" if implicit else "imap"]
     context = tls_context()
     warmup = await open_idle(port, implicit, context)
     # A few sessions opened and closed, so one-time costs (imports, caches) are paid already.
@@ -157,7 +159,7 @@ async def measure(server: Server, maildir: Path, args: argparse.Namespace, count
     report["delivery_seen"] = len(got)
     report["delivery_p50_ms"] = round(percentile(got, 50) * 1000, 1) if got else None
     report["delivery_max_ms"] = round(got[-1] * 1000, 1) if got else None
-    report["rss_peak_mb"] = round(server.status_kb("VmHWM") / 1024, 1)
+    report["rss_peak_mb"] = server.memory_mb("VmHWM")
 
     for c in clients:
         c.close()
@@ -166,11 +168,9 @@ async def measure(server: Server, maildir: Path, args: argparse.Namespace, count
 
 
 def one_run(args: argparse.Namespace, count: int, mode: str) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="imap-idle-", dir=args.dir))
-    server = Server(base)
     report: dict = {"connections": count, "mode": mode}
     problems: list[str] = []
-    try:
+    with fresh_server(args, "imap-idle-", ("imap", "imaps"), 1024) as server:
         maildir = server.make_mailbox()
         fill_maildir(maildir, args.messages, MessageMaker())
         try:
@@ -180,8 +180,8 @@ def one_run(args: argparse.Namespace, count: int, mode: str) -> dict:
             problems.append(f"{type(e).__name__}: {e}")
         except TimeoutError:
             problems.append(f"did not finish in {args.timeout} s (a hang?)")
-        if server.process.poll() is not None:
-            problems.append(f"the server exited with {server.process.returncode}")
+        if exited := server.exit_problem():
+            problems.append(exited)
         if report.get("failed_connections"):
             problems.append(f"{report['failed_connections']} connections failed")
         if report.get("delivery_seen", 0) != report.get("delivery_sampled", -1):
@@ -189,12 +189,6 @@ def one_run(args: argparse.Namespace, count: int, mode: str) -> dict:
                             f"{report.get('delivery_sampled')} idle clients saw the delivery "
                             f"within {args.wait} s")
         report["server_log_problems"] = server.log_problems()
-    finally:
-        server.stop()
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
     report["problems"] = problems
     return report
 
@@ -211,12 +205,8 @@ def print_report(r: dict) -> None:
         print(f"  delivery dropped into new/: seen by {r['delivery_seen']} of "
               f"{r['delivery_sampled']} idle clients, delay p50 {r['delivery_p50_ms']} ms, max "
               f"{r['delivery_max_ms']} ms")
-    for f in r.get("first_failures", []):
-        print(f"  failure: {f}")
-    for p in r["problems"]:
-        print(f"  PROBLEM: {p}")
-    for line in r["server_log_problems"]:
-        print(f"  server log: {line}")
+    print_lists(r, {"first_failures": "failure", "problems": "PROBLEM",
+                    "server_log_problems": "server log"})
 
 
 def main() -> None:
@@ -235,9 +225,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2,
                         help="seconds to wait before reading VmRSS")
     parser.add_argument("--timeout", type=float, default=1800, help="give up on a run after this")
-    parser.add_argument("--dir", type=Path, help="where to put the data folder (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data folder and log")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    add_output_options(parser, "print one JSON object per run")
     args = parser.parse_args()
     counts = [int(c) for c in args.connections.split(",")]
     soft, hard = raise_nofile(max(counts) + 200)
@@ -251,11 +239,7 @@ def main() -> None:
             report = one_run(args, count, mode)
             report["rlimit_nofile"] = [soft, hard]
             failed |= bool(report["problems"] or report["server_log_problems"])
-            if args.json:
-                print(json.dumps(report), flush=True)
-            else:
-                print_report(report)
-                sys.stdout.flush()
+            emit(report, args.json, print_report)
     sys.exit(1 if failed else 0)
 
 

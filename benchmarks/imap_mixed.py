@@ -27,7 +27,7 @@ clients on a 2-core machine, load generator included.
     timeout 1200 .venv/bin/python benchmarks/imap_mixed.py [--clients 10,100] [--seconds 30]
         [--messages 1000] [--shared] [--imaps] [--dir PATH] [--keep] [--profile FILE] [--json]
 
-It imports the server, message and client helpers from imap_select.py next to it. The exit
+It imports the server, message and client helpers from harness.py next to it. The exit
 status is 1 when a command failed, a client lost its connection or the server logged an error.
 """
 
@@ -35,26 +35,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import re
-import resource
-import shutil
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+# harness.py is next to this script: its folder goes first on sys.path however it was started.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imap_select import (
+from harness import (
     DOMAIN,
     Imap,
     ImapError,
     MessageMaker,
     Server,
+    add_output_options,
+    emit,
     fill_maildir,
+    fresh_server,
+    own_cpu_seconds,
     percentile,
+    print_lists,
     tls_context,
 )
 
@@ -147,7 +149,7 @@ class Client:
 async def open_clients(server: Server, args: argparse.Namespace, count: int,
                        addresses: list[str]) -> list[Client]:
     context = tls_context()
-    port = server.imaps_port if args.imaps else server.imap_port
+    port = server.ports["imaps" if args.imaps else "imap"]
     gate = asyncio.Semaphore(20)
 
     async def one(i: int) -> Client:
@@ -183,14 +185,12 @@ async def drive(clients: list[Client], seconds: float, stats: Stats) -> float:
 
 
 def one_run(args: argparse.Namespace, count: int) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="imap-mixed-", dir=args.dir))
     profile = args.profile.with_name(f"{args.profile.name}.{count}") if args.profile else None
-    server = Server(base, profile)
     stats = Stats()
     report: dict = {"clients": count, "mailboxes": 1 if args.shared else count,
                     "messages_per_mailbox": args.messages,
                     "tls": "imaps" if args.imaps else "starttls", "seconds": args.seconds}
-    try:
+    with fresh_server(args, "imap-mixed-", ("imap", "imaps"), 1024, profile=profile) as server:
         mailboxes = 1 if args.shared else count
         addresses = []
         maker = MessageMaker()
@@ -206,14 +206,13 @@ def one_run(args: argparse.Namespace, count: int) -> dict:
             started = time.perf_counter()
             clients = await open_clients(server, args, count, addresses)
             report["login_select_s"] = round(time.perf_counter() - started, 1)
-            report["rss_before_mb"] = round(server.status_kb("VmRSS") / 1024, 1)
+            report["rss_before_mb"] = server.memory_mb("VmRSS")
             cpu = server.cpu_seconds()
-            own = resource.getrusage(resource.RUSAGE_SELF)
+            own = own_cpu_seconds()
             elapsed = await drive(clients, args.seconds, stats)
-            after = resource.getrusage(resource.RUSAGE_SELF)
+            loadgen_cpu = own_cpu_seconds() - own
             report["server_cpu_s"] = round(server.cpu_seconds() - cpu, 1)
-            report["loadgen_cpu_s"] = round(after.ru_utime - own.ru_utime
-                                            + after.ru_stime - own.ru_stime, 1)
+            report["loadgen_cpu_s"] = round(loadgen_cpu, 1)
             await asyncio.gather(*(c.imap.logout() for c in clients))
             return elapsed
 
@@ -241,20 +240,14 @@ def one_run(args: argparse.Namespace, count: int) -> dict:
         if elapsed:
             report["server_cpu_pct_of_one_core"] = round(report.get("server_cpu_s", 0)
                                                          / elapsed * 100, 1)
-        report["server_rss_end_mb"] = round(server.status_kb("VmRSS") / 1024, 1)
-        report["server_peak_rss_mb"] = round(server.status_kb("VmHWM") / 1024, 1)
+        report["server_rss_end_mb"] = server.memory_mb("VmRSS")
+        report["server_peak_rss_mb"] = server.memory_mb("VmHWM")
         report["errors"] = len(stats.errors)
         report["first_errors"] = sorted(set(stats.errors))[:8]
         report["lost_clients"] = stats.lost[:8]
-        if server.process.poll() is not None:
-            report["lost_clients"].append(f"the server exited with {server.process.returncode}")
+        if exited := server.exit_problem():
+            report["lost_clients"].append(exited)
         report["server_log_problems"] = server.log_problems()
-    finally:
-        server.stop()
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
     return report
 
 
@@ -271,12 +264,8 @@ def print_report(r: dict) -> None:
     print(f"  server CPU {r.get('server_cpu_s')} s ({r.get('server_cpu_pct_of_one_core')}% of "
           f"one core), RSS before {r.get('rss_before_mb')} MB, end {r['server_rss_end_mb']} MB, "
           f"peak {r['server_peak_rss_mb']} MB; load generator CPU {r.get('loadgen_cpu_s')} s")
-    for e in r["first_errors"]:
-        print(f"  error: {e}")
-    for e in r["lost_clients"]:
-        print(f"  lost: {e}")
-    for line in r["server_log_problems"]:
-        print(f"  server log: {line}")
+    print_lists(r, {"first_errors": "error", "lost_clients": "lost",
+                    "server_log_problems": "server log"})
 
 
 def main() -> None:
@@ -289,22 +278,15 @@ def main() -> None:
                         help="every client logs in to the same mailbox (default: one each)")
     parser.add_argument("--imaps", action="store_true",
                         help="implicit TLS on the imaps listener instead of STARTTLS on imap")
-    parser.add_argument("--dir", type=Path, help="where to put the data folder (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data folder and log")
-    parser.add_argument("--profile", type=Path,
-                        help="run twistd under cProfile and save the stats to FILE.<clients>")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    add_output_options(parser, "print one JSON object per run",
+                       "run twistd under cProfile and save the stats to FILE.<clients>")
     args = parser.parse_args()
     failed = False
     for count in (int(c) for c in args.clients.split(",")):
         report = one_run(args, count)
         failed |= bool(report["errors"] or report["lost_clients"]
                        or report["server_log_problems"])
-        if args.json:
-            print(json.dumps(report), flush=True)
-        else:
-            print_report(report)
-            sys.stdout.flush()
+        emit(report, args.json, print_report)
     sys.exit(1 if failed else 0)
 
 

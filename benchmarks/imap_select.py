@@ -25,346 +25,38 @@ CPU time (user+system, all threads, from /proc/<pid>/stat) for the cold phases. 
 SELECT of 100,000 messages under 200 ms.
 
     timeout 1800 .venv/bin/python benchmarks/imap_select.py [--messages 100000] [--repeat 7]
-        [--imaps] [--dir PATH] [--keep] [--timeout 900] [--json]
+        [--imaps] [--timeout 900] [--dir PATH] [--keep] [--json]
 
-The exit status is 1 when a command failed or a count did not match.
+The server, the messages and the IMAP client come from harness.py next to it. The exit status is
+1 when a command failed or a count did not match.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import random
 import re
-import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-DOMAIN = "bench.example"
-LOCAL = "bench"
-PASSWORD = "benchmark password"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --- the server --------------------------------------------------------------------------------
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
-def write_config(path: Path, data_dir: Path, admin_port: int, imap_port: int,
-                 imaps_port: int) -> Path:
-    tables: dict[str, dict] = {
-        "server": {"hostname": "mail.bench.example", "data_dir": str(data_dir)},
-        "listen": {"smtp": "", "submission": "", "submissions": "", "managesieve": "",
-                   "imap": f"tcp:{imap_port}:interface=127.0.0.1:backlog=1024",
-                   "imaps": f"tcp:{imaps_port}:interface=127.0.0.1:backlog=1024",
-                   "admin": f"tcp:{admin_port}:interface=127.0.0.1"},
-    }
-    lines = []
-    for table, keys in tables.items():
-        lines.append(f"[{table}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in keys.items())
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def api(port: int, token: str, path: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"{}")
-
-
-class Server:
-    """`twistd -n cloudmail` in a subprocess, its log in a file (a pipe would fill and block it)."""
-
-    def __init__(self, base: Path, profile: Path | None = None) -> None:
-        self.base = base
-        self.data = base / "data"
-        self.admin_port = free_port()
-        self.imap_port = free_port()
-        self.imaps_port = free_port()
-        config = write_config(base / "cloudmail.toml", self.data, self.admin_port,
-                              self.imap_port, self.imaps_port)
-        self.log_path = base / "twistd.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
-        extra = [f"--profile={profile}", "--profiler=cprofile", "--savestats"] if profile else []
-        self.process = subprocess.Popen([TWISTD, "-n", "--pidfile=", *extra, "cloudmail",
-                                         "--config", str(config)],
-                                        cwd=base, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_healthy()
-        self.token = (self.data / "admin.token").read_text().strip()
-
-    def _wait_healthy(self, seconds: float = 30) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"twistd exited {self.process.returncode}:\n"
-                                 + self.log_path.read_text(errors="replace"))
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/health",
-                                       timeout=2).close()
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        raise SystemExit("the server did not answer /health in time")
-
-    def make_mailbox(self, local: str = LOCAL, domain: bool = True) -> Path:
-        """A user and its mailbox `local@bench.example`; the path of its Maildir (made here if
-        the server has not made it yet)."""
-        if domain:
-            api(self.admin_port, self.token, "/api/v1/domains", {"name": DOMAIN})
-        api(self.admin_port, self.token, "/api/v1/users", {"username": local, "password": PASSWORD})
-        api(self.admin_port, self.token, "/api/v1/mailboxes",
-            {"address": f"{local}@{DOMAIN}", "owner": local})
-        maildir = self.data / "mail" / DOMAIN / local
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir(parents=True, exist_ok=True)
-        return maildir
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process, all threads."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
-
-    def status_kb(self, key: str) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
-
-    def log_problems(self, limit: int = 20) -> list[str]:
-        """Tracebacks and failure lines from the twistd log (first `limit` lines of them)."""
-        text = self.log_path.read_text(errors="replace")
-        found = [line for line in text.splitlines()
-                 if re.search(r"Traceback|Error|failed|Unhandled|CRITICAL", line)]
-        return found[:limit]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-# --- the messages ------------------------------------------------------------------------------
-
-FIRST = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy",
-         "Mallory", "Niaj", "Olivia", "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter"]
-LAST = ["Smith", "Jones", "Martin", "Bernard", "Dubois", "Müller", "Rossi", "García", "Novak",
-        "Kowalski", "Andersen", "Nakamura", "O'Brien", "Silva"]
-ORGS = ["example.org", "corp.test", "lists.example.net", "mail.invalid.test", "shop.example",
-        "university.edu.test", "bank.example.com"]
-WORDS = ["quarterly", "report", "meeting", "invoice", "project", "update", "review", "schedule",
-         "budget", "release", "notes", "draft", "proposal", "contract", "holiday", "party",
-         "server", "outage", "migration", "newsletter", "offer", "reminder", "agenda", "minutes",
-         "feedback", "request", "approval", "delivery", "order", "shipment", "account",
-         "security", "password", "renewal", "subscription"]
-
-
-def _paragraphs(rng: random.Random) -> list[bytes]:
-    out = []
-    for _ in range(300):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(40, 90))]
-        text = " ".join(words).capitalize() + "."
-        lines, line = [], ""
-        for word in text.split():
-            if len(line) + len(word) > 72:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}" if line else word
-        lines.append(line)
-        out.append(("\r\n".join(lines) + "\r\n\r\n").encode())
-    return out
-
-
-class MessageMaker:
-    """Varied ≈2–4 KB messages, made fast from a pool of paragraphs."""
-
-    def __init__(self, seed: int = 1) -> None:
-        self.rng = random.Random(seed)
-        self.paragraphs = _paragraphs(self.rng)
-
-    def message(self, n: int, to: str = f"{LOCAL}@{DOMAIN}") -> bytes:
-        rng = self.rng
-        first, last, org = rng.choice(FIRST), rng.choice(LAST), rng.choice(ORGS)
-        subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7))).capitalize()
-        if rng.random() < 0.3:
-            subject = "Re: " + subject
-        when = time.gmtime(1_700_000_000 + n * 97 + rng.randint(0, 90))
-        date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", when)
-        name = f"{first} {last}"
-        if not name.isascii():
-            name = "=?utf-8?q?" + "".join(c if c.isascii() and c.isalnum() else
-                                          "".join(f"={b:02X}" for b in c.encode())
-                                          for c in name) + "?="
-        head = (f"Return-Path: <{first.lower()}@{org}>\r\n"
-                f"From: {name} <{first.lower()}.{last.lower().replace(chr(39), '')}@{org}>\r\n"
-                f"To: Bench <{to}>\r\n"
-                f"Subject: {subject} #{n}\r\n"
-                f"Date: {date}\r\n"
-                f"Message-ID: <{n}.{rng.getrandbits(40):x}@{org}>\r\n"
-                "MIME-Version: 1.0\r\n")
-        target = rng.randint(2048, 4096)
-        body = b""
-        while len(body) + len(head) < target - 200:
-            body += rng.choice(self.paragraphs)
-        if n % 10 == 0:
-            boundary = f"b{n:x}"
-            html = b"<html><body><p>" + body[:600].replace(b"\r\n", b" ") + b"</p></body></html>\r\n"
-            return (head + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
-                    f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").encode() \
-                + body + (f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
-                          ).encode() + html + f"--{boundary}--\r\n".encode()
-        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n").encode() + body
-
-    def flags(self) -> str:
-        r = self.rng.random()
-        letters = "S" if r < 0.5 else ""
-        if self.rng.random() < 0.05:
-            letters = "F" + letters
-        if self.rng.random() < 0.1:
-            letters += "R" if "S" in letters else ""
-        return "".join(sorted(letters))
-
-
-def fill_maildir(maildir: Path, count: int, maker: MessageMaker, start: int = 0) -> int:
-    """Write `count` messages into `maildir/cur/`; their total size in bytes."""
-    cur = maildir / "cur"
-    pid = os.getpid()
-    stamp = int(time.time())
-    total = 0
-    for n in range(start, start + count):
-        data = maker.message(n)
-        name = f"{stamp}.M{n}P{pid}.bench,S={len(data)}:2,{maker.flags()}"
-        with open(cur / name, "wb") as f:
-            f.write(data)
-        total += len(data)
-    return total
-
-
-# --- a cheap IMAP client -----------------------------------------------------------------------
-
-class ImapError(Exception):
-    pass
-
-
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-class Imap:
-    """One IMAP connection: raw lines over asyncio streams, literals read whole."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.count = 0
-
-    @classmethod
-    async def connect(cls, port: int, implicit_tls: bool, context: ssl.SSLContext) -> Imap:
-        """Connect, read the greeting, and STARTTLS unless `implicit_tls`."""
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=context if implicit_tls else None, limit=1 << 24)
-        client = cls(reader, writer)
-        greeting = await client.read_response()
-        if not greeting.startswith(b"* OK"):
-            raise ImapError(f"greeting {greeting!r}")
-        if not implicit_tls:
-            await client.check(b"STARTTLS")
-            await writer.start_tls(context)
-        return client
-
-    async def read_response(self) -> bytes:
-        """One response line with any literals it carries."""
-        line = await self.reader.readline()
-        if not line.endswith(b"\n"):
-            raise ConnectionError(f"connection closed ({line[:80]!r})")
-        while line.endswith(b"}\r\n"):
-            start = line.rfind(b"{")
-            try:
-                size = int(line[start + 1:-3].rstrip(b"+"))
-            except ValueError:
-                break
-            line += await self.reader.readexactly(size)
-            more = await self.reader.readline()
-            if not more.endswith(b"\n"):
-                raise ConnectionError("connection closed in a literal")
-            line += more
-        return line
-
-    async def command(self, text: bytes, keep: bool = True) -> tuple[list[bytes], bytes]:
-        """Send one command; (its untagged responses, its tagged response)."""
-        self.count += 1
-        tag = b"a%d" % self.count
-        self.writer.write(tag + b" " + text + b"\r\n")
-        tag += b" "
-        untagged: list[bytes] = []
-        while True:
-            line = await self.read_response()
-            if line.startswith(tag):
-                return untagged, line
-            if keep:
-                untagged.append(line)
-
-    async def check(self, text: bytes, keep: bool = True) -> list[bytes]:
-        """`command`, and ImapError unless it ends in OK."""
-        untagged, done = await self.command(text, keep)
-        if done.split(b" ", 2)[1:2] != [b"OK"]:
-            raise ImapError(f"{text[:60]!r} answered {done.strip()[:300]!r}")
-        return untagged
-
-    async def login(self, address: str = f"{LOCAL}@{DOMAIN}", password: str = PASSWORD) -> None:
-        await self.check(b'LOGIN "%s" "%s"' % (address.encode(), password.encode()))
-
-    async def logout(self) -> None:
-        try:
-            await asyncio.wait_for(self.command(b"LOGOUT"), 10)
-        except (ImapError, ConnectionError, TimeoutError, ssl.SSLError):
-            pass
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.writer.close()
-        except (ConnectionError, ssl.SSLError, RuntimeError):
-            pass
+# harness.py is next to this script: its folder goes first on sys.path however it was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    Imap,
+    ImapError,
+    MessageMaker,
+    Server,
+    add_output_options,
+    emit,
+    fill_maildir,
+    fresh_server,
+    percentile,
+    print_lists,
+    tls_context,
+)
 
 
 def exists_of(untagged: list[bytes]) -> int | None:
@@ -375,18 +67,13 @@ def exists_of(untagged: list[bytes]) -> int | None:
     return None
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values)) - 1))
-    return sorted_values[rank]
-
-
-# --- the benchmark -----------------------------------------------------------------------------
-
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
+
+
+def spread(times: list[float]) -> dict[str, float]:
+    """p50, min and max of sorted timings, in ms."""
+    return {"p50": ms(percentile(times, 50)), "min": ms(times[0]), "max": ms(times[-1])}
 
 
 async def timed(client: Imap, text: bytes) -> tuple[float, list[bytes]]:
@@ -402,16 +89,30 @@ def fetch_count(untagged: list[bytes]) -> int:
 async def measure(server: Server, args: argparse.Namespace, report: dict,
                   problems: list[str]) -> None:
     context = tls_context()
-    port = server.imaps_port if args.imaps else server.imap_port
+    port = server.ports["imaps" if args.imaps else "imap"]
     n = args.messages
     rss = report["rss_mb"]
 
     def note_rss(phase: str) -> None:
-        rss[phase] = round(server.status_kb("VmRSS") / 1024, 1)
+        rss[phase] = server.memory_mb("VmRSS")
 
     def expect(what: str, got: int | None) -> None:
         if got != n:
             problems.append(f"{what}: expected {n}, got {got}")
+
+    async def repeated(text: bytes, what: str, count: Callable[[list[bytes]], int | None],
+                       before: bytes | None = None) -> list[float]:
+        """`text` timed `--repeat` times (each after `before`, not timed), every answer checked
+        with `expect(what, count(…))`; the times, sorted."""
+        times = []
+        for _ in range(args.repeat):
+            if before is not None:
+                await client.check(before)
+            took, untagged = await timed(client, text)
+            times.append(took)
+            expect(what, count(untagged))
+            del untagged  # a FETCH 1:* answer is large: not kept while the next is read
+        return sorted(times)
 
     client = await Imap.connect(port, args.imaps, context)
     await client.login()
@@ -425,37 +126,19 @@ async def measure(server: Server, args: argparse.Namespace, report: dict,
     note_rss("after_cold_select")
 
     # Warm SELECT from the authenticated state (UNSELECT first, not timed): the server's cost.
-    warm = []
-    for _ in range(args.repeat):
-        await client.check(b"UNSELECT")
-        took, untagged = await timed(client, b"SELECT INBOX")
-        warm.append(took)
-        expect("EXISTS of a warm SELECT", exists_of(untagged))
-    warm.sort()
-    report["warm_select_ms"] = {"p50": ms(percentile(warm, 50)), "min": ms(warm[0]),
-                                "max": ms(warm[-1])}
+    warm = await repeated(b"SELECT INBOX", "EXISTS of a warm SELECT", exists_of,
+                          before=b"UNSELECT")
+    report["warm_select_ms"] = spread(warm)
     # SELECT while a folder is selected, as clients switch folders: the server writes
     # `* OK [CLOSED]` at once and the rest after opening the folder, and without TCP_NODELAY the
     # second write can wait for the client's delayed ACK (≈40 ms on Linux).
-    reselect = []
-    for _ in range(args.repeat):
-        took, untagged = await timed(client, b"SELECT INBOX")
-        reselect.append(took)
-        expect("EXISTS of a SELECT while selected", exists_of(untagged))
-    reselect.sort()
-    report["reselect_ms"] = {"p50": ms(percentile(reselect, 50)), "min": ms(reselect[0]),
-                             "max": ms(reselect[-1])}
+    report["reselect_ms"] = spread(await repeated(b"SELECT INBOX",
+                                                  "EXISTS of a SELECT while selected", exists_of))
     # The target is for 100,000 messages; with fewer it says nothing.
     report["warm_select_target_met"] = percentile(warm, 50) < 0.2 if n >= 100_000 else None
 
-    flags = []
-    for _ in range(args.repeat):
-        took, untagged = await timed(client, b"FETCH 1:* (FLAGS UID)")
-        flags.append(took)
-        expect("responses to FETCH 1:* (FLAGS UID)", fetch_count(untagged))
-    flags.sort()
-    report["fetch_flags_ms"] = {"p50": ms(percentile(flags, 50)), "min": ms(flags[0]),
-                                "max": ms(flags[-1])}
+    report["fetch_flags_ms"] = spread(await repeated(
+        b"FETCH 1:* (FLAGS UID)", "responses to FETCH 1:* (FLAGS UID)", fetch_count))
 
     cpu = server.cpu_seconds()
     took, untagged = await timed(client, b"FETCH 1:* (ENVELOPE)")
@@ -465,15 +148,8 @@ async def measure(server: Server, args: argparse.Namespace, report: dict,
     expect("responses to the cold FETCH 1:* (ENVELOPE)", fetch_count(untagged))
     del untagged
     note_rss("after_envelope_cold")
-    envelopes = []
-    for _ in range(args.repeat):
-        took, untagged = await timed(client, b"FETCH 1:* (ENVELOPE)")
-        envelopes.append(took)
-        expect("responses to a warm FETCH 1:* (ENVELOPE)", fetch_count(untagged))
-        del untagged
-    envelopes.sort()
-    report["fetch_envelope_warm_ms"] = {"p50": ms(percentile(envelopes, 50)),
-                                        "min": ms(envelopes[0]), "max": ms(envelopes[-1])}
+    report["fetch_envelope_warm_ms"] = spread(await repeated(
+        b"FETCH 1:* (ENVELOPE)", "responses to a warm FETCH 1:* (ENVELOPE)", fetch_count))
     note_rss("after_envelope_warm")
     await client.logout()
 
@@ -488,21 +164,17 @@ async def measure(server: Server, args: argparse.Namespace, report: dict,
         reopened.append(took)
         expect("EXISTS of a SELECT after reopening", exists_of(untagged))
         await client.logout()
-    reopened.sort()
-    report["reopened_select_ms"] = {"p50": ms(percentile(reopened, 50)), "min": ms(reopened[0]),
-                                    "max": ms(reopened[-1])}
+    report["reopened_select_ms"] = spread(sorted(reopened))
     note_rss("end")
 
 
 def run(args: argparse.Namespace) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="imap-select-", dir=args.dir))
-    server = Server(base)
     problems: list[str] = []
     report: dict = {"messages": args.messages, "tls": "imaps" if args.imaps else "starttls",
                     "repeat": args.repeat, "rss_mb": {}}
-    try:
+    with fresh_server(args, "imap-select-", ("imap", "imaps"), 1024) as server:
         maildir = server.make_mailbox()
-        report["rss_mb"]["after_start"] = round(server.status_kb("VmRSS") / 1024, 1)
+        report["rss_mb"]["after_start"] = server.memory_mb("VmRSS")
         started = time.perf_counter()
         size = fill_maildir(maildir, args.messages, MessageMaker())
         report["fill_s"] = round(time.perf_counter() - started, 1)
@@ -514,19 +186,13 @@ def run(args: argparse.Namespace) -> dict:
         except TimeoutError:
             problems.append(f"timed out after {args.timeout} s (phases done: "
                             f"{', '.join(k for k in report if k.endswith(('_ms', '_s')))})")
-        report["server_peak_rss_mb"] = round(server.status_kb("VmHWM") / 1024, 1)
+        report["server_peak_rss_mb"] = server.memory_mb("VmHWM")
         report["server_cpu_total_s"] = round(server.cpu_seconds(), 1)
-        if server.process.poll() is not None:
-            problems.append(f"the server exited with {server.process.returncode}")
+        if exited := server.exit_problem():
+            problems.append(exited)
         log = server.log_problems()
         if log:
             report["server_log_problems"] = log
-    finally:
-        server.stop()
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
     report["problems"] = problems
     return report
 
@@ -553,10 +219,7 @@ def print_report(r: dict) -> None:
     print("  server RSS MB: " + ", ".join(f"{k} {v}" for k, v in r["rss_mb"].items())
           + f"; peak {r.get('server_peak_rss_mb')}; server CPU in all "
           f"{r.get('server_cpu_total_s')} s")
-    for problem in r["problems"]:
-        print(f"  PROBLEM: {problem}")
-    for line in r.get("server_log_problems", []):
-        print(f"  server log: {line}")
+    print_lists(r, {"problems": "PROBLEM", "server_log_problems": "server log"})
 
 
 def main() -> None:
@@ -565,17 +228,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="repeats of each warm measure")
     parser.add_argument("--imaps", action="store_true",
                         help="implicit TLS on the imaps listener instead of STARTTLS on imap")
-    parser.add_argument("--dir", type=Path, help="where to put the data folder (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data folder and log")
     parser.add_argument("--timeout", type=float, default=900,
                         help="give up on the IMAP phases after this many seconds")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_options(parser, "print one JSON object")
     args = parser.parse_args()
     report = run(args)
-    if args.json:
-        print(json.dumps(report), flush=True)
-    else:
-        print_report(report)
+    emit(report, args.json, print_report)
     sys.exit(1 if report["problems"] else 0)
 
 

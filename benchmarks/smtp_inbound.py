@@ -23,7 +23,8 @@ load generator's own CPU time.
     .venv/bin/python benchmarks/smtp_inbound.py [--sessions 20] [--messages 3000] [--rate R]
         [--size 2048] [--tls] [--runs 1] [--dir PATH] [--keep] [--profile FILE] [--json]
 
-The exit status is 1 when a message was not accepted or the files in `new/` do not match.
+The server, its /proc readings and the report plumbing come from harness.py next to it. The exit
+status is 1 when a message was not accepted or the files in `new/` do not match.
 """
 
 from __future__ import annotations
@@ -31,135 +32,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
-import resource
-import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-DOMAIN = "bench.example"
-LOCAL = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+# harness.py is next to this script: its folder goes first on sys.path however it was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    DOMAIN,
+    LOCAL,
+    add_output_options,
+    emit,
+    fresh_server,
+    own_cpu_seconds,
+    percentile,
+    print_lists,
+    tls_context,
+)
 
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
-def write_config(path: Path, data_dir: Path, admin_port: int, smtp_port: int) -> Path:
-    tables: dict[str, dict] = {
-        "server": {"hostname": "mail.bench.example", "data_dir": str(data_dir)},
-        "listen": {"smtp": f"tcp:{smtp_port}:interface=127.0.0.1:backlog=512", "submission": "",
-                   "submissions": "", "imap": "", "imaps": "", "managesieve": "",
-                   "admin": f"tcp:{admin_port}:interface=127.0.0.1"},
-    }
-    # No DNS work (DNSBL, iprev, SPF/DKIM/DMARC): it would measure the resolver, not the server,
-    # and with no reachable name server every message would wait out the DNS timeout.
-    # Every session comes from 127.0.0.1, so the per-IP connection limit (default 20) is raised:
-    # a client reconnecting right after QUIT can otherwise race the server's count and get 421.
-    tables["smtp"] = {"dnsbl_zones": [], "iprev": False, "authenticate": False,
-                      "max_connections_per_ip": 10_000}
-    lines = []
-    for table, keys in tables.items():
-        lines.append(f"[{table}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in keys.items())
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def api(port: int, token: str, path: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"{}")
-
-
-class Server:
-    """`twistd -n cloudmail` in a subprocess, its log in a file (a pipe would fill and block it)."""
-
-    def __init__(self, base: Path, profile: Path | None = None) -> None:
-        self.base = base
-        self.data = base / "data"
-        self.admin_port = free_port()
-        self.smtp_port = free_port()
-        config = write_config(base / "cloudmail.toml", self.data, self.admin_port, self.smtp_port)
-        self.log_path = base / "twistd.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
-        extra = [f"--profile={profile}", "--profiler=cprofile", "--savestats"] if profile else []
-        self.process = subprocess.Popen([TWISTD, "-n", "--pidfile=", *extra, "cloudmail",
-                                         "--config", str(config)],
-                                        cwd=base, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_healthy()
-        self.token = (self.data / "admin.token").read_text().strip()
-
-    def _wait_healthy(self, seconds: float = 30) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"twistd exited {self.process.returncode}:\n"
-                                 + self.log_path.read_text(errors="replace"))
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/health",
-                                       timeout=2).close()
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        raise SystemExit("the server did not answer /health in time")
-
-    def make_mailbox(self) -> Path:
-        api(self.admin_port, self.token, "/api/v1/domains", {"name": DOMAIN})
-        api(self.admin_port, self.token, "/api/v1/users",
-            {"username": LOCAL, "password": "benchmark password"})
-        api(self.admin_port, self.token, "/api/v1/mailboxes",
-            {"address": f"{LOCAL}@{DOMAIN}", "owner": LOCAL})
-        return self.data / "mail" / DOMAIN / LOCAL / "new"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process, all threads."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
-
-    def status_kb(self, key: str) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+# No DNS work (DNSBL, iprev, SPF/DKIM/DMARC): it would measure the resolver, not the server, and
+# with no reachable name server every message would wait out the DNS timeout. Every session comes
+# from 127.0.0.1, so the per-IP connection limit (default 20) is raised: a client reconnecting
+# right after QUIT can otherwise race the server's count and get 421.
+SMTP_SETTINGS = {"smtp": {"dnsbl_zones": [], "iprev": False, "authenticate": False,
+                          "max_connections_per_ip": 10_000}}
 
 
 def message(size: int, n: int) -> bytes:
@@ -293,38 +191,25 @@ async def run_rate(port: int, rate: float, total: int, size: int,
     return Result(latencies, transactions, errors, loop.time() - started)
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values)) - 1))
-    return sorted_values[rank]
-
-
 def one_run(args: argparse.Namespace, run: int) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="smtp-bench-", dir=args.dir))
-    server = Server(base, args.profile)
-    try:
-        new = server.make_mailbox()
-        tls = None
-        if args.tls:
-            tls = ssl.create_default_context()
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
+    with fresh_server(args, "smtp-bench-", ("smtp",), 512, SMTP_SETTINGS,
+                      args.profile) as server:
+        new = server.make_mailbox() / "new"
+        port = server.ports["smtp"]
+        tls = tls_context() if args.tls else None
         # One warm-up message so imports, the database and the Maildir folders are ready.
-        asyncio.run(run_throughput(server.smtp_port, 1, 1, args.size, tls))
+        asyncio.run(run_throughput(port, 1, 1, args.size, tls))
         warm = len(os.listdir(new))
         cpu_before = server.cpu_seconds()
-        own_before = resource.getrusage(resource.RUSAGE_SELF)
+        own_before = own_cpu_seconds()
         if args.rate:
-            result = asyncio.run(run_rate(server.smtp_port, args.rate, args.messages, args.size,
-                                          tls))
+            result = asyncio.run(run_rate(port, args.rate, args.messages, args.size, tls))
         else:
-            result = asyncio.run(run_throughput(server.smtp_port, args.sessions, args.messages,
-                                                args.size, tls))
-        own_after = resource.getrusage(resource.RUSAGE_SELF)
+            result = asyncio.run(run_throughput(port, args.sessions, args.messages, args.size,
+                                                tls))
+        loadgen_cpu = own_cpu_seconds() - own_before
         server_cpu = server.cpu_seconds() - cpu_before
-        hwm_kb = server.status_kb("VmHWM")
+        peak_rss_mb = server.memory_mb("VmHWM")
         on_disk = len(os.listdir(new)) - warm
         lat = sorted(result.latencies)
         whole = sorted(result.transactions)
@@ -347,21 +232,32 @@ def one_run(args: argparse.Namespace, run: int) -> dict:
             "server_cpu_s": round(server_cpu, 2),
             "server_cpu_per_msg_ms": round(server_cpu / max(1, len(lat)) * 1000, 3),
             "server_cpu_util_pct": round(server_cpu / result.elapsed * 100, 1),
-            "server_peak_rss_mb": round(hwm_kb / 1024, 1),
-            "loadgen_cpu_s": round((own_after.ru_utime - own_before.ru_utime)
-                                   + (own_after.ru_stime - own_before.ru_stime), 2),
+            "server_peak_rss_mb": peak_rss_mb,
+            "loadgen_cpu_s": round(loadgen_cpu, 2),
         }
         if result.errors:
             report["first_errors"] = sorted(set(result.errors))[:5]
         if on_disk != len(lat):
             report["MISMATCH"] = "files in new/ differ from the 250s received"
         return report
-    finally:
-        server.stop()
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+
+
+def print_report(r: dict) -> None:
+    print(f"run {r['run']}: {r['mode']}{' TLS' if r['tls'] else ''}, "
+          f"{r['accepted_250']}/{r['messages']} accepted, "
+          f"{r['files_in_new']} files in new/, {r['errors']} errors\n"
+          f"  {r['msgs_per_s_on_disk']} msg/s on disk over {r['elapsed_s']} s; "
+          f"final 250 latency p50 {r['p50_ms']} ms, p90 {r['p90_ms']} ms, "
+          f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms; whole transaction "
+          f"(connect to 250) p50 {r['transaction_p50_ms']} ms, "
+          f"p99 {r['transaction_p99_ms']} ms\n"
+          f"  server CPU {r['server_cpu_s']} s "
+          f"({r['server_cpu_per_msg_ms']} ms/msg, {r['server_cpu_util_pct']}% "
+          f"of one core), peak RSS {r['server_peak_rss_mb']} MB; "
+          f"load generator CPU {r['loadgen_cpu_s']} s")
+    print_lists(r, {"first_errors": "error"})
+    if "MISMATCH" in r:
+        print(f"  {r['MISMATCH']}")
 
 
 def main() -> None:
@@ -373,35 +269,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--tls", action="store_true", help="STARTTLS on every connection")
     parser.add_argument("--runs", type=int, default=1, help="repeat on a fresh server")
-    parser.add_argument("--dir", type=Path, help="where to put the data folder (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data folder and log")
-    parser.add_argument("--profile", type=Path,
-                        help="run twistd under cProfile and save the stats to this file")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    add_output_options(parser, "print one JSON object per run",
+                       "run twistd under cProfile and save the stats to this file")
     args = parser.parse_args()
     failed = False
     for run in range(1, args.runs + 1):
         report = one_run(args, run)
         failed |= "MISMATCH" in report or report["accepted_250"] != args.messages
-        if args.json:
-            print(json.dumps(report), flush=True)
-        else:
-            print(f"run {run}: {report['mode']}{' TLS' if report['tls'] else ''}, "
-                  f"{report['accepted_250']}/{report['messages']} accepted, "
-                  f"{report['files_in_new']} files in new/, {report['errors']} errors\n"
-                  f"  {report['msgs_per_s_on_disk']} msg/s on disk over {report['elapsed_s']} s; "
-                  f"final 250 latency p50 {report['p50_ms']} ms, p90 {report['p90_ms']} ms, "
-                  f"p99 {report['p99_ms']} ms, max {report['max_ms']} ms; whole transaction "
-                  f"(connect to 250) p50 {report['transaction_p50_ms']} ms, "
-                  f"p99 {report['transaction_p99_ms']} ms\n"
-                  f"  server CPU {report['server_cpu_s']} s "
-                  f"({report['server_cpu_per_msg_ms']} ms/msg, {report['server_cpu_util_pct']}% "
-                  f"of one core), peak RSS {report['server_peak_rss_mb']} MB; "
-                  f"load generator CPU {report['loadgen_cpu_s']} s", flush=True)
-            for error in report.get("first_errors", []):
-                print(f"  error: {error}")
-            if "MISMATCH" in report:
-                print(f"  {report['MISMATCH']}")
+        emit(report, args.json, print_report)
     sys.exit(1 if failed else 0)
 
 
