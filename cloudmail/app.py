@@ -32,6 +32,8 @@ from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
 from cloudmail.routing import Router
 from cloudmail.smtp.inbound import InboundBackend
 from cloudmail.smtp.protocol import Limits, SmtpFactory
+from cloudmail.smtp.sending import SubmissionBackend
+from cloudmail.smtp.submission import SubmissionFactory
 from cloudmail.threads import ThreadPools
 
 
@@ -162,6 +164,21 @@ class Container:
         return SmtpFactory(self.config.server.hostname, self.inbound_backend(), self.spool_dir,
                            limits=self.smtp_limits, tls_creator=self.certs.server_creator(),
                            run_blocking=lambda f: self.pools.run("io", f))
+
+    def submission_factory(self, implicit_tls: bool = False) -> Factory:
+        """The `submission` listener's factory (STARTTLS, 587), or with `implicit_tls` the
+        `submissions` one (465): AUTH after TLS, then the user's own mail only."""
+        backend = SubmissionBackend(self.router, self.delivery, self.accounts,
+                                    self.config.server.hostname,
+                                    run_in_thread=lambda f, *a: self.pools.run("io", f, *a))
+        factory = SubmissionFactory(
+            self.config.server.hostname, backend, self.spool_dir, limits=self.smtp_limits,
+            tls_creator=None if implicit_tls else self.certs.server_creator(),
+            run_blocking=lambda f: self.pools.run("io", f),
+            authenticator=self.authenticator, throttle=self.login_throttle)
+        if implicit_tls:
+            return TLSMemoryBIOFactory(self.certs.server_creator(), False, factory)
+        return factory
 
     @cached_property
     def certs(self):

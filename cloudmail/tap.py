@@ -70,6 +70,9 @@ class CloudmailService(MultiService):
                 Listener(name, description, self.admin_api.site()).setServiceParent(self)
             elif name == "smtp":
                 Listener(name, description, container.smtp_factory()).setServiceParent(self)
+            elif name in ("submission", "submissions"):
+                Listener(name, description, container.submission_factory(
+                    implicit_tls=name == "submissions")).setServiceParent(self)
             elif name in ("imap", "imaps"):
                 Listener(name, description,
                          container.imap_factory(implicit_tls=name == "imaps")).setServiceParent(self)

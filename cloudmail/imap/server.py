@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import (IOpenSSLServerConnectionCreator, ISSLTransport,
                                          ITCPTransport)
 from twisted.internet.protocol import Factory, Protocol
@@ -334,7 +334,7 @@ class ImapServer(MailboxCommands, MessageCommands, Protocol, TimeoutMixin):
                      "answering in {delay:.0f} s", username=username, client_ip=self.peer_ip,
                      count=self._failures, delay=delay)
             if delay:
-                await _sleep(delay)
+                await task.deferLater(reactor, delay, lambda: None)
             if self._failures >= MAX_LOGIN_FAILURES:
                 self.send(b"* BYE Too many failed logins")
                 self.close()
@@ -387,12 +387,6 @@ def _discard_literals(value: object) -> None:
     elif isinstance(value, list):
         for item in value:
             _discard_literals(item)
-
-
-def _sleep(seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 class ImapFactory(Factory):

@@ -69,6 +69,8 @@ class Session:
     early_talker: bool = False
     #: The transaction in progress (after a successful MAIL), None between transactions.
     envelope: Envelope | None = None
+    #: The mailbox address the client logged in as (submission's AUTH), None before.
+    authenticated: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,191 @@
+"""What happens to mail a logged-in user submits (the backend of the submission listeners).
+
+- Sender rules: the envelope sender and the `From:` address must be the mailbox the client
+  logged in as, one of its aliases, or a `+tag`/`-tag` form of those — unless the address's
+  domain has masquerading on (any address of that domain then). Anything else is refused with
+  `553 5.7.1` and the reason, at MAIL for the envelope and at the end of DATA for `From:`.
+- `Message-ID:` and `Date:` are added when missing (RFC 5322 3.6.1 and 3.6.4; RFC 6409 8).
+- A message from one of our domains is DKIM-signed (RFC 6376) with the domain's key, in a
+  thread, before anything else happens to it.
+- Local recipients get it at once through the same routing and delivery as inbound mail; the
+  `250` comes only once every copy is durable. Recipients elsewhere need the outbound queue,
+  which is not there yet: they are answered `451 4.3.2` so the client keeps the message.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from dataclasses import replace
+from email.utils import formatdate, getaddresses
+from typing import Any, Callable
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from cloudmail.accounts import dkimkeys
+from cloudmail.address import AddressError, normalize_domain, parse_address
+from cloudmail.delivery import Envelope as DeliveryEnvelope
+from cloudmail.delivery import LocalDelivery
+from cloudmail.errors import DirectoryUnavailable, NotFound
+from cloudmail.interfaces import IAccounts
+from cloudmail.routing import INVALID, LOCAL, NOT_OURS, Resolution, Router, split_tag
+from cloudmail.smtp import replies
+from cloudmail.smtp.inbound import DIRECTORY_DOWN, ROUTES, new_queue_id, parse_headers
+from cloudmail.smtp.protocol import Envelope, MailParams, Session
+from cloudmail.smtp.replies import Reply
+from cloudmail.smtp.spool import SpooledMessage
+
+log = Logger()
+
+NOT_YOURS = Reply(553, "5.7.1", "Sender address not owned by the logged-in user")
+NO_OUTBOUND = Reply(451, "4.3.2", "Delivery to other domains is not available yet; "
+                                  "the message stays with you, try again later")
+MAX_HEADER_BYTES = 256 * 1024
+#: Header fields covered by our DKIM signatures (RFC 6376 5.4.1's recommendations).
+SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to",
+                  b"in-reply-to", b"references", b"mime-version", b"content-type",
+                  b"content-transfer-encoding"]
+
+
+class SubmissionBackend:
+    """`ISmtpBackend` for `submission`/`submissions` (see the module docstring)."""
+
+    def __init__(self, router: Router, delivery: LocalDelivery, accounts: IAccounts,
+                 hostname: str, run_in_thread: Callable[..., Deferred[Any]]) -> None:
+        self._router = router
+        self._delivery = delivery
+        self._accounts = accounts
+        self._hostname = hostname
+        self._run_in_thread = run_in_thread
+
+    def connection(self, session: Session) -> None:
+        return None
+
+    async def sender_refusal(self, login: str, address: str) -> str | None:
+        """Why `login` may not send as `address`, or None when it may."""
+        local, _, domain_part = address.rpartition("@")
+        try:
+            base = parse_address(f"{split_tag(local)[0]}@{domain_part}", app=None)
+            mailbox = parse_address(login, app=None)
+        except AddressError:
+            return "not a valid address"
+        if base == mailbox:
+            return None
+        try:
+            domain = await self._accounts.get_domain(base.domain)
+        except NotFound:
+            return f"{base.domain} is not one of our domains"
+        if domain.masquerade:
+            return None
+        if await self._accounts.find_alias(base) == mailbox:
+            return None
+        return f"<{address}> is neither {login} nor one of its aliases"
+
+    async def mail_from(self, session: Session, address: str, params: MailParams) -> Reply:
+        """RFC 6409 6.1: the envelope sender must be the user's own."""
+        assert session.authenticated is not None
+        if not address:
+            return NOT_YOURS.with_text("The null sender is not allowed for submission")
+        reason = await self.sender_refusal(session.authenticated, address)
+        if reason is not None:
+            log.info("refused MAIL <{sender}> from {login} [{client_ip}]: {reason}",
+                     sender=address, login=session.authenticated, client_ip=session.peer_ip,
+                     reason=reason)
+            return NOT_YOURS.with_text(f"Sender address rejected: {reason}")
+        return replies.SENDER_OK
+
+    async def rcpt_to(self, session: Session, address: str) -> Reply:
+        """Local addresses are routed now; other domains wait for the outbound queue."""
+        try:
+            resolution = await self._router.resolve(address)
+        except DirectoryUnavailable:
+            return DIRECTORY_DOWN
+        if resolution.kind == LOCAL:
+            if session.envelope is not None:
+                session.envelope.notes.setdefault(ROUTES, {})[address] = resolution
+            return replies.RECIPIENT_OK
+        if resolution.kind == NOT_OURS:
+            return NO_OUTBOUND
+        if resolution.kind == INVALID:
+            return replies.BAD_RECIPIENT_SYNTAX
+        return replies.NO_SUCH_USER
+
+    async def message(self, session: Session, envelope: Envelope,
+                      spooled: SpooledMessage) -> Reply:
+        """Check `From:`, complete the header, sign, deliver; 250 once every copy is durable."""
+        queue_id = new_queue_id()
+        login = session.authenticated
+        assert login is not None
+        raw = spooled.read_bytes() if spooled.in_memory else \
+            await self._run_in_thread(spooled.read_bytes)
+        headers = parse_headers(raw[:MAX_HEADER_BYTES])
+        authors = [address for _, address in getaddresses(
+            [value.decode("utf-8", "replace") for name, value in headers
+             if name.lower() == b"from"])]
+        if len(authors) != 1 or not authors[0]:
+            return NOT_YOURS.with_text("The message needs exactly one From: address")
+        reason = await self.sender_refusal(login, authors[0])
+        if reason is not None:
+            log.info("refused {queue_id} from {login} [{client_ip}]: From: {reason}",
+                     queue_id=queue_id, login=login, client_ip=session.peer_ip, reason=reason)
+            return NOT_YOURS.with_text(f"From: address rejected: {reason}")
+        message = complete_header(raw, headers, self._hostname)
+        message = await self._sign(message, authors[0])
+        routes: dict[str, Resolution] = envelope.notes.get(ROUTES, {})
+        local = [routes[r] for r in dict.fromkeys(envelope.recipients) if r in routes]
+        tls = f"{session.tls_version} {session.tls_cipher}" if session.tls else None
+        delivered = await self._delivery.deliver(
+            DeliveryEnvelope(queue_id=queue_id, sender=envelope.sender,
+                             client_ip=session.peer_ip, client_name="unknown",
+                             helo=session.helo or session.peer_ip, protocol="ESMTPA", tls=tls),
+            local, message)
+        log.info("submitted {queue_id} by {login} [{client_ip}] from <{sender}> {size} bytes to "
+                 "{mailboxes}", queue_id=queue_id, login=login, client_ip=session.peer_ip,
+                 sender=envelope.sender, size=len(message),
+                 mailboxes=", ".join(f"{d.mailbox} ({d.folder})" for d in delivered))
+        return replace(replies.MESSAGE_ACCEPTED, text=f"Message accepted as {queue_id}")
+
+    async def _sign(self, message: bytes, author: str) -> bytes:
+        """Prepend a DKIM-Signature when the author's domain is ours and has a key."""
+        try:
+            domain = await self._accounts.get_domain(
+                normalize_domain(author.rpartition("@")[2]))
+        except (NotFound, AddressError):
+            return message
+        if not domain.dkim_private_key:
+            return message
+        return await self._run_in_thread(sign, message, domain.name, domain.dkim_selector,
+                                         domain.dkim_private_key)
+
+
+def complete_header(message: bytes, headers: list[tuple[bytes, bytes]], hostname: str) -> bytes:
+    """The message with `Date:` and `Message-ID:` added in front when it has none."""
+    names = {name.lower() for name, _ in headers}
+    added = b""
+    if b"date" not in names:
+        added += f"Date: {formatdate(time.time(), localtime=False)}\r\n".encode()
+    if b"message-id" not in names:
+        added += f"Message-ID: <{secrets.token_hex(12)}@{hostname}>\r\n".encode()
+    return added + message
+
+
+def sign(message: bytes, domain: str, selector: str, private_key_pem: str) -> bytes:
+    """`message` with a DKIM-Signature (RSA-SHA256, or Ed25519-SHA256 for an Ed25519 key)
+    over the usual header fields, relaxed/simple canonicalisation. Blocking (CPU)."""
+    key = dkimkeys.load_private_key(private_key_pem)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        secret, algorithm = base64.b64encode(raw), b"ed25519-sha256"
+    else:
+        secret, algorithm = private_key_pem.encode("ascii"), b"rsa-sha256"
+    present = {name.lower() for name, _ in parse_headers(message[:MAX_HEADER_BYTES])}
+    include = [h for h in SIGNED_HEADERS if h in present]
+    signature = dkim.sign(message, selector.encode(), domain.encode(), secret,
+                          signature_algorithm=algorithm, include_headers=include)
+    return signature + message
