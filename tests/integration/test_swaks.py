@@ -90,3 +90,36 @@ def test_swaks_refused_recipients(mx, to, reply):
     assert f"<** {reply}" in result.stdout, result.stdout
     assert delivered(maildir, subject) == []
 
+
+
+def test_submission_on_587_and_465_with_swaks(tmp_path):
+    """swaks logs in (AUTH PLAIN after STARTTLS on 587, AUTH LOGIN with TLS on connect on 465)
+    and sends as alice@example.com to her own mailbox; without AUTH it is refused."""
+    from tests.integration.test_twistd import free_port, start_server, stop
+    ports = free_port(), free_port()
+    process, admin, _ = start_server(tmp_path, listen={
+        "submission": f"tcp:{ports[0]}:interface=127.0.0.1",
+        "submissions": f"tcp:{ports[1]}:interface=127.0.0.1"})
+    try:
+        provision(admin, (tmp_path / "data" / "admin.token").read_text().strip())
+        common = ("--from", "alice@example.com", "--auth-user", "alice@example.com",
+                  "--auth-password", "long enough")
+        starttls = subprocess.run(
+            [SWAKS, "--server", "127.0.0.1", "--port", str(ports[0]), "--to", "alice@example.com",
+             "--tls", "--auth", "PLAIN", "--header", "Subject: via 587", *common],
+            capture_output=True, text=True, timeout=60)
+        implicit = subprocess.run(
+            [SWAKS, "--server", "127.0.0.1", "--port", str(ports[1]), "--to", "alice@example.com",
+             "--tls-on-connect", "--auth", "LOGIN", "--header", "Subject: via 465", *common],
+            capture_output=True, text=True, timeout=60)
+        anonymous = subprocess.run(
+            [SWAKS, "--server", "127.0.0.1", "--port", str(ports[0]), "--to", "alice@example.com",
+             "--tls", "--from", "alice@example.com"], capture_output=True, text=True, timeout=60)
+    finally:
+        stop(process)
+    assert starttls.returncode == 0, starttls.stdout
+    assert implicit.returncode == 0, implicit.stdout
+    assert anonymous.returncode != 0 and "530 5.7.0" in anonymous.stdout
+    maildir = tmp_path / "data" / "mail" / "example.com" / "alice"
+    assert len(delivered(maildir, "via 587")) == 1 and len(delivered(maildir, "via 465")) == 1
+    assert b"DKIM-Signature:" in delivered(maildir, "via 465")[0]
