@@ -170,7 +170,8 @@ class Container:
         `submissions` one (465): AUTH after TLS, then the user's own mail only."""
         backend = SubmissionBackend(self.router, self.delivery, self.accounts,
                                     self.config.server.hostname,
-                                    run_in_thread=lambda f, *a: self.pools.run("io", f, *a))
+                                    run_in_thread=lambda f, *a: self.pools.run("io", f, *a),
+                                    hide_client_ip=self.config.submission.hide_client_ip)
         factory = SubmissionFactory(
             self.config.server.hostname, backend, self.spool_dir, limits=self.smtp_limits,
             tls_creator=None if implicit_tls else self.certs.server_creator(),

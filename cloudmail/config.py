@@ -137,6 +137,14 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    """`[submission]`: `hide_client_ip` leaves the sending client's name and IP out of the
+    `Received:` header of submitted mail."""
+
+    hide_client_ip: bool = False
+
+
+@dataclass(frozen=True)
 class ImapConfig:
     """`[imap]`: the IMAP listeners' limits. `max_append_size` is the largest message APPEND
     takes (announced as APPENDLIMIT, RFC 7889); a bigger literal is refused before it is read."""
@@ -167,6 +175,7 @@ class Config:
     admin: AdminConfig = field(repr=False)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
 
 
@@ -267,7 +276,7 @@ def _config_dir(source: Path | None) -> Path:
 
 def _build(source: Path | None, raw: dict[str, Any]) -> Config:
     known = {"server", "listen", "tls", "database", "directory", "ldap", "admin", "smtp", "imap",
-             "dns"}
+             "submission", "dns"}
     for name in raw:
         if name not in known:
             where = str(source) if source else "<defaults>"
@@ -285,6 +294,7 @@ def _build(source: Path | None, raw: dict[str, Any]) -> Config:
         admin=_admin(_Table(source, "admin", raw.get("admin", {})), data),
         smtp=_smtp(_Table(source, "smtp", raw.get("smtp", {}))),
         imap=_imap(_Table(source, "imap", raw.get("imap", {}))),
+        submission=_submission(_Table(source, "submission", raw.get("submission", {}))),
         dns=_dns(_Table(source, "dns", raw.get("dns", {}))),
     )
     _check_cross_section(config)
@@ -427,6 +437,13 @@ def _smtp(t: _Table) -> SmtpConfig:
         ip_blocklist=t.path("ip_blocklist", None),
         sender_blocklist=t.path("sender_blocklist", None),
     )
+    t.finish()
+    return config
+
+
+def _submission(t: _Table) -> SubmissionConfig:
+    config = SubmissionConfig(hide_client_ip=t.take("hide_client_ip", bool,
+                                                    SubmissionConfig.hide_client_ip))
     t.finish()
     return config
 

@@ -46,6 +46,10 @@ class Envelope:
     helo: str
     protocol: str = "ESMTP"
     tls: str | None = None
+    #: The client logged in (submission): the protocol is then ESMTPA or ESMTPSA (RFC 3848).
+    authenticated: bool = False
+    #: Leave the client's name and IP out of `Received:` (`[submission] hide_client_ip`).
+    hide_client: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,14 @@ class Delivered:
 
 
 def received_header(envelope: Envelope, hostname: str, recipient: str, when: datetime) -> bytes:
-    """The `Received:` trace header of RFC 5321 4.4, with the TLS version and cipher when used."""
-    protocol = envelope.protocol + ("S" if envelope.tls and not envelope.protocol.endswith("S")
-                                    else "")
+    """The `Received:` trace header of RFC 5321 4.4, with the TLS version and cipher when used
+    and the protocol named as RFC 3848 says (ESMTPS, ESMTPA, ESMTPSA)."""
+    protocol = (envelope.protocol + ("S" if envelope.tls else "")
+                + ("A" if envelope.authenticated else ""))
     tls = f"\r\n\t(using {envelope.tls})" if envelope.tls else ""
-    return (f"Received: from {envelope.helo} ({envelope.client_name} [{envelope.client_ip}]){tls}"
+    client = ("(client hidden)" if envelope.hide_client
+              else f"({envelope.client_name} [{envelope.client_ip}])")
+    return (f"Received: from {envelope.helo} {client}{tls}"
             f"\r\n\tby {hostname} (cloudmail) with {protocol} id {envelope.queue_id}"
             f"\r\n\tfor <{recipient}>; {format_datetime(when)}\r\n").encode("utf-8")
 

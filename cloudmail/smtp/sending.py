@@ -4,7 +4,9 @@
   logged in as, one of its aliases, or a `+tag`/`-tag` form of those — unless the address's
   domain has masquerading on (any address of that domain then). Anything else is refused with
   `553 5.7.1` and the reason, at MAIL for the envelope and at the end of DATA for `From:`.
-- `Message-ID:` and `Date:` are added when missing (RFC 5322 3.6.1 and 3.6.4; RFC 6409 8).
+- `Message-ID:` and `Date:` are added when missing (RFC 5322 3.6.1 and 3.6.4; RFC 6409 8), and
+  with `hide_client_ip` the `Received:` header leaves out the client's name and address (a
+  user's home IP is nobody else's business).
 - A message from one of our domains is DKIM-signed (RFC 6376) with the domain's key, in a
   thread, before anything else happens to it.
 - Local recipients get it at once through the same routing and delivery as inbound mail; the
@@ -56,7 +58,9 @@ class SubmissionBackend:
     """`ISmtpBackend` for `submission`/`submissions` (see the module docstring)."""
 
     def __init__(self, router: Router, delivery: LocalDelivery, accounts: IAccounts,
-                 hostname: str, run_in_thread: Callable[..., Deferred[Any]]) -> None:
+                 hostname: str, run_in_thread: Callable[..., Deferred[Any]],
+                 hide_client_ip: bool = False) -> None:
+        self._hide_client = hide_client_ip
         self._router = router
         self._delivery = delivery
         self._accounts = accounts
@@ -142,7 +146,8 @@ class SubmissionBackend:
         delivered = await self._delivery.deliver(
             DeliveryEnvelope(queue_id=queue_id, sender=envelope.sender,
                              client_ip=session.peer_ip, client_name="unknown",
-                             helo=session.helo or session.peer_ip, protocol="ESMTPA", tls=tls),
+                             helo="client" if self._hide_client else session.helo or "unknown",
+                             tls=tls, authenticated=True, hide_client=self._hide_client),
             local, message)
         log.info("submitted {queue_id} by {login} [{client_ip}] from <{sender}> {size} bytes to "
                  "{mailboxes}", queue_id=queue_id, login=login, client_ip=session.peer_ip,

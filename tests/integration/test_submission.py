@@ -184,3 +184,31 @@ def test_plain_initial_response_is_decoded_exactly():
     """AUTH PLAIN's initial response is authzid NUL user NUL password (RFC 4616)."""
     assert base64.b64decode(base64.b64encode(b"\0alice@example.com\0pw")).split(b"\0") == \
         [b"", b"alice@example.com", b"pw"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_received_header_names_esmtpsa_and_can_hide_the_client(tmp_path):
+    """Submitted mail's Received: says ESMTPSA (RFC 3848); with `hide_client_ip` it does not
+    show the client's IP."""
+    from cloudmail.app import Container
+    from tests.conftest import test_config
+    for hide in (False, True):
+        (tmp_path / str(hide)).mkdir()
+        container = Container(test_config(tmp_path / str(hide), submission={"hide_client_ip": hide}))
+        container.prepare_data_dir()
+        container.certs.load()
+        await book(container)
+        port = reactor.listenTCP(0, container.submission_factory(), interface="127.0.0.1")
+        try:
+            def send():
+                c = logged_in(port.getHost().port)
+                c.sendmail("alice@example.com", ["bob@example.com"], message())
+                c.quit()
+            await deferToThread(send)
+        finally:
+            await port.stopListening()
+            await container.database.close()
+            container.pools.stopService()
+        [stored] = inbox(container, "bob")
+        assert b"with ESMTPSA id " in stored
+        assert (b"[127.0.0.1]" in stored) is not hide

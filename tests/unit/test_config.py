@@ -100,6 +100,7 @@ def test_hostname_is_normalised(tmp_path):
     ("[smtp]\nmax_message_size = 10\n", "[smtp] max_message_size: must be a whole number from 1024"),
     ("[imap]\nmax_append_size = 5\n", "[imap] max_append_size: must be a whole number from 1024"),
     ("[imap]\nappend_limit = 5\n", "[imap] append_limit: unknown key"),
+    ("[submission]\nhide_client_ip = 1\n", "[submission] hide_client_ip: must be a bool"),
     ("[smtp]\nmax_message_size = 1.5e6\n", "[smtp] max_message_size: must be an int, not float"),
     ("[smtp]\nmax_recipients = 0\n", "[smtp] max_recipients: must be a whole number from 1"),
     ("[smtp]\nmax_connections_per_ip = true\n", "[smtp] max_connections_per_ip: must be a number"),
