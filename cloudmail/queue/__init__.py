@@ -1,0 +1,1 @@
+"""The outbound queue: durable storage, retry schedule and delivery status notifications."""
