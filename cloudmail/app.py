@@ -26,9 +26,16 @@ from cloudmail.mailstore.account import MailAccounts
 from cloudmail.directory.builtin import BuiltinDirectory
 from cloudmail.directory.cred import Authenticator, MailboxChecker
 from cloudmail.dns import Resolver
+from cloudmail.address import AddressError, normalize_domain
+from cloudmail.errors import NotFound
 from cloudmail.interfaces import IDirectory
+from cloudmail.mailer import Mailer
 from cloudmail.mailstore.maildir import MaildirStore
 from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
+from cloudmail.queue.relay import Relay
+from cloudmail.queue.scheduler import OutboundQueue
+from cloudmail.queue.store import QueueStore
+from cloudmail.queue.transport import Transport, TransportSettings
 from cloudmail.routing import Router
 from cloudmail.smtp.inbound import InboundBackend
 from cloudmail.smtp.protocol import Limits, SmtpFactory
@@ -165,10 +172,59 @@ class Container:
                            limits=self.smtp_limits, tls_creator=self.certs.server_creator(),
                            run_blocking=lambda f: self.pools.run("io", f))
 
+    @cached_property
+    def queue_store(self) -> QueueStore:
+        """The outbound queue on disk, under `data_dir/queue`."""
+        return QueueStore(self.config.server.data_dir / "queue")
+
+    @cached_property
+    def transport(self) -> Transport:
+        """SMTP to other domains' MX, or to a relay, as `[queue]` and `[relay]` say."""
+        queue, relay = self.config.queue, self.config.relay
+        return Transport(self.resolver, TransportSettings(
+            helo=self.config.server.hostname, mx_port=queue.mx_port, tls=queue.tls,
+            timeout=queue.timeout, connect_timeout=queue.connect_timeout,
+            verify_relay=relay.verify_certificate, relay_ca_file=relay.ca_file),
+            run_blocking=lambda f: self.pools.run("io", f))
+
+    @cached_property
+    def outbound_queue(self) -> OutboundQueue:
+        """The outbound queue's scheduler (a service: it loads the queue when started)."""
+        return OutboundQueue(self.queue_store, self.transport, self.config.queue,
+                             run_io=lambda f, *a, **k: self.pools.run("io", f, *a, **k),
+                             relay_for=self.relay_for, notify=self._notify,
+                             hostname=self.config.server.hostname)
+
+    async def relay_for(self, sender: str) -> Relay | None:
+        """The relay for mail from `sender`: its domain's own, else `[relay]`, else None (MX)."""
+        try:
+            domain = await self.accounts.get_domain(normalize_domain(sender.rpartition("@")[2]))
+        except (NotFound, AddressError):
+            pass
+        else:
+            own = Relay.of_domain(domain.relay)
+            if own is not None:
+                return own
+        relay = self.config.relay
+        if not relay.enabled:
+            return None
+        return Relay(relay.host, relay.port, relay.tls, relay.username or None,
+                     relay.password or None)
+
+    async def _notify(self, recipient: str, message: bytes) -> None:
+        """Send a DSN (from `<>`) to a sender, here or elsewhere."""
+        await self.mailer.send("", [recipient], message)
+
+    @cached_property
+    def mailer(self) -> Mailer:
+        """Local delivery for our addresses, the outbound queue for the rest."""
+        return Mailer(self.router, self.delivery, self.outbound_queue,
+                      self.config.server.hostname)
+
     def submission_factory(self, implicit_tls: bool = False) -> Factory:
         """The `submission` listener's factory (STARTTLS, 587), or with `implicit_tls` the
         `submissions` one (465): AUTH after TLS, then the user's own mail only."""
-        backend = SubmissionBackend(self.router, self.delivery, self.accounts,
+        backend = SubmissionBackend(self.router, self.mailer, self.accounts,
                                     self.config.server.hostname,
                                     run_in_thread=lambda f, *a: self.pools.run("io", f, *a),
                                     hide_client_ip=self.config.submission.hide_client_ip)

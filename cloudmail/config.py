@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cloudmail.errors import ConfigError
+from cloudmail.queue.store import DEFAULT_LIFETIME, DEFAULT_SCHEDULE
 
 LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "managesieve", "admin")
 
@@ -162,6 +163,54 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """`[queue]`: how outbound mail is delivered to other domains' MX and retried.
+
+    `mx_port` is the port of the receiving MX (25; tests point it at a sink on loopback).
+    `tls` is "opportunistic" (STARTTLS when offered, RFC 7435), "required" or "none".
+    After a temporary failure the next try waits `retry_delays[attempts - 1]` seconds (the last
+    entry repeats); a message still undelivered `lifetime` seconds after it was queued is
+    returned to its sender. `delay_warning` > 0 sends the sender one "delayed" notice once a
+    message has waited that long. `concurrency` bounds deliveries in progress in all,
+    `domain_concurrency` those to one domain; `max_recipients` per SMTP transaction.
+    """
+
+    mx_port: int = 25
+    tls: str = "opportunistic"
+    connect_timeout: float = 30.0
+    timeout: float = 300.0
+    retry_delays: tuple[float, ...] = DEFAULT_SCHEDULE
+    lifetime: float = DEFAULT_LIFETIME
+    delay_warning: float = 0.0
+    concurrency: int = 100
+    domain_concurrency: int = 20
+    max_recipients: int = 100
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """`[relay]`: a smarthost for all outbound mail (a domain's own relay setting wins).
+
+    `provider` names a preset (host and port filled in) or "custom"; "" means no relay: mail
+    goes to the recipients' MX. `verify_certificate` checks the relay's certificate against the
+    system's roots, or `ca_file` when given, for every relay (global or per domain).
+    """
+
+    provider: str = ""
+    host: str = ""
+    port: int = 587
+    tls: str = "starttls"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    verify_certificate: bool = True
+    ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it came from, or None for the defaults."""
 
@@ -177,6 +226,8 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -276,7 +327,7 @@ def _config_dir(source: Path | None) -> Path:
 
 def _build(source: Path | None, raw: dict[str, Any]) -> Config:
     known = {"server", "listen", "tls", "database", "directory", "ldap", "admin", "smtp", "imap",
-             "submission", "dns"}
+             "submission", "dns", "queue", "relay"}
     for name in raw:
         if name not in known:
             where = str(source) if source else "<defaults>"
@@ -296,6 +347,8 @@ def _build(source: Path | None, raw: dict[str, Any]) -> Config:
         imap=_imap(_Table(source, "imap", raw.get("imap", {}))),
         submission=_submission(_Table(source, "submission", raw.get("submission", {}))),
         dns=_dns(_Table(source, "dns", raw.get("dns", {}))),
+        queue=_queue(_Table(source, "queue", raw.get("queue", {}))),
+        relay=_relay(_Table(source, "relay", raw.get("relay", {}))),
     )
     _check_cross_section(config)
     return config
@@ -466,6 +519,79 @@ def _dns(t: _Table) -> DnsConfig:
                        "more than 0 and at most 60 seconds")
     t.finish()
     return DnsConfig(nameservers=tuple(servers), timeout=timeout)
+
+
+def _queue(t: _Table) -> QueueConfig:
+    d = QueueConfig()
+    tls = t.text("tls", d.tls)
+    if tls not in ("opportunistic", "required", "none"):
+        raise t.error("tls", f'must be "opportunistic", "required" or "none", not {tls!r}')
+    delays = t.take("retry_delays", list, list(d.retry_delays))
+    if not delays or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                             for v in delays):
+        raise t.error("retry_delays", "must be a non-empty list of seconds, each more than 0")
+    positive = (lambda v: v > 0, "more than 0 seconds")
+    config = QueueConfig(
+        mx_port=t.whole("mx_port", d.mx_port, 1, 65535),
+        tls=tls,
+        connect_timeout=t.number("connect_timeout", d.connect_timeout, *positive),
+        timeout=t.number("timeout", d.timeout, *positive),
+        retry_delays=tuple(float(v) for v in delays),
+        lifetime=t.number("lifetime", d.lifetime, *positive),
+        delay_warning=t.number("delay_warning", d.delay_warning, lambda v: v >= 0,
+                               "0 (off) or more seconds"),
+        concurrency=t.whole("concurrency", d.concurrency, 1, 10_000),
+        domain_concurrency=t.whole("domain_concurrency", d.domain_concurrency, 1, 10_000),
+        max_recipients=t.whole("max_recipients", d.max_recipients, 1, 1000),
+    )
+    t.finish()
+    return config
+
+
+def _relay(t: _Table) -> RelayConfig:
+    from cloudmail.queue.relay import (DEFAULT_SES_REGION, PROVIDERS, RELAY_TLS_MODES,
+                                       default_port, preset)
+
+    d = RelayConfig()
+    provider = t.text("provider", d.provider)
+    if provider and provider not in PROVIDERS:
+        raise t.error("provider", f"must be one of {', '.join(PROVIDERS)} (or \"\" for none), "
+                                  f"not {provider!r}")
+    tls = t.text("tls", d.tls)
+    if tls not in RELAY_TLS_MODES:
+        raise t.error("tls", f"must be one of {', '.join(RELAY_TLS_MODES)}, not {tls!r}")
+    region = t.text("region", "")
+    if region and provider != "amazon-ses":
+        raise t.error("region", 'is only for provider = "amazon-ses"')
+    host, port = t.text("host", ""), t.take("port", int, None)
+    if provider not in ("", "custom"):
+        preset_host, preset_port = preset(provider, region or DEFAULT_SES_REGION)
+        host, port = host or preset_host, port or preset_port
+    if provider and not host:
+        raise t.error("host", f'is required with provider = "{provider}"')
+    if host and not provider:
+        raise t.error("provider", 'must be set ("custom" for any SMTP server) when host is')
+    if port is not None and not 1 <= port <= 65535:
+        raise t.error("port", f"must be a whole number from 1 to 65535, not {port!r}")
+    username = t.text("username", "")
+    password = t.text("password", "")
+    password_file = t.path("password_file", None)
+    if password_file is not None:
+        if password:
+            raise t.error("password_file", "give password or password_file, not both")
+        try:
+            password = password_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise t.error("password_file", f"cannot read {password_file}: {e.strerror}")
+    if bool(username) != bool(password):
+        raise t.error("password" if username else "username", "username and password go together")
+    config = RelayConfig(provider=provider, host=host, port=port or default_port(tls), tls=tls,
+                         username=username, password=password,
+                         verify_certificate=t.take("verify_certificate", bool,
+                                                   d.verify_certificate),
+                         ca_file=t.path("ca_file", None))
+    t.finish()
+    return config
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:

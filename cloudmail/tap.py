@@ -65,6 +65,8 @@ class CloudmailService(MultiService):
         self.container = container
         from cloudmail.admin.api import AdminApi
         self.admin_api = AdminApi(container)
+        # Before the listeners, so that it stops after them (MultiService stops in reverse).
+        container.outbound_queue.setServiceParent(self)
         for name, description in container.config.listen.enabled().items():
             if name == "admin":
                 Listener(name, description, self.admin_api.site()).setServiceParent(self)

@@ -47,6 +47,11 @@ class ThreadPools(Service):
             return fail()
         return deferToThreadPool(self._reactor, pool, fn, *args, **kwargs)
 
+    @property
+    def stopped(self) -> bool:
+        """True once the pools have been stopped (no more work is taken)."""
+        return self._stopped
+
     def stopService(self) -> None:
         super().stopService()
         self._stopped = True

@@ -38,12 +38,14 @@ def write_config(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
 
 def test_config(tmp_path: Path, **tables: dict[str, Any]) -> Config:
     """A config with its data folder in `tmp_path`, every listener off but admin on a free port,
-    and no DNS checks (no DNSBL zones, no iprev) unless a test asks: tests never ask the Internet."""
+    and no DNS checks (no DNSBL zones, no iprev) unless a test asks: tests never ask the Internet
+    (the name server is a closed loopback port unless a test gives its own)."""
     base: dict[str, dict[str, Any]] = {
         "server": {"hostname": "mail.example.test", "data_dir": str(tmp_path / "data")},
         "listen": {"smtp": "", "submission": "", "submissions": "", "imap": "", "imaps": "",
                    "managesieve": "", "admin": "tcp:0:interface=127.0.0.1"},
         "smtp": {"dnsbl_zones": [], "iprev": False, "authenticate": False},
+        "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 0.5},
     }
     for table, keys in tables.items():
         base.setdefault(table, {}).update(keys)

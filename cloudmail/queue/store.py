@@ -47,11 +47,10 @@ PENDING: frozenset[str] = frozenset({"queued", "deferred"})
 
 _MINUTE = 60.0
 _HOUR = 3600.0
-#: Seconds to wait after the 1st, 2nd, … failed attempt: 5 min doubling to 4 h, then every 4 h.
-#: It sums to exactly 5 days (36 attempts in all); after the last entry the message has expired.
+#: Seconds to wait after the 1st, 2nd, … failed attempt: 5 min growing to 4 h; the last entry
+#: repeats until the message expires (36 tries in all over 5 days).
 DEFAULT_SCHEDULE: tuple[float, ...] = (
-    5 * _MINUTE, 10 * _MINUTE, 15 * _MINUTE, 30 * _MINUTE, _HOUR, 2 * _HOUR, 4 * _HOUR,
-) + (4 * _HOUR,) * 28
+    5 * _MINUTE, 10 * _MINUTE, 15 * _MINUTE, 30 * _MINUTE, _HOUR, 2 * _HOUR, 4 * _HOUR)
 #: How long a message may stay queued, as Postfix's `maximal_queue_lifetime` (5 days).
 DEFAULT_LIFETIME = 5 * 24 * _HOUR
 
@@ -111,6 +110,8 @@ class QueuedMessage:
     received_from: str = ""
     auth_user: str | None = None
     size: int = 0
+    #: The sender was told the message is delayed (sent at most once).
+    warned: bool = False
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -141,7 +142,8 @@ class QueuedMessage:
             recipients = [RecipientState(**r) for r in data["recipients"]]
             entry = cls(queue_id=data["queue_id"], sender=data["sender"], recipients=recipients,
                         created=float(data["created"]), received_from=data["received_from"],
-                        auth_user=data["auth_user"], size=int(data["size"]))
+                        auth_user=data["auth_user"], size=int(data["size"]),
+                        warned=bool(data.get("warned", False)))
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed envelope: {e}") from None
         if not _QUEUE_ID.fullmatch(entry.queue_id) or not recipients:
@@ -151,20 +153,15 @@ class QueuedMessage:
         return entry
 
 
-def next_delay(attempts: int, schedule: tuple[float, ...] = DEFAULT_SCHEDULE) -> float | None:
-    """Seconds to wait before the next try after `attempts` failed ones; None once the schedule is
-    used up (the message has expired). Zero attempts means "try now".
-
-    The scheduler should also check `expired` on the message's age: attempts delayed by an outage
-    must not stretch the lifetime past the promised one.
-    """
+def next_delay(attempts: int, schedule: tuple[float, ...] = DEFAULT_SCHEDULE) -> float:
+    """Seconds to wait before the next try after `attempts` failed ones (the schedule's last
+    entry repeats). Zero attempts means "try now". When to give up is `expired`'s business, on
+    the message's age, so that attempts delayed by an outage never stretch its lifetime."""
     if attempts < 0:
         raise ValueError("attempts cannot be negative")
     if attempts == 0:
         return 0.0
-    if attempts > len(schedule):
-        return None
-    return schedule[attempts - 1]
+    return schedule[min(attempts, len(schedule)) - 1]
 
 
 def expired(created: float, now: float, lifetime: float = DEFAULT_LIFETIME) -> bool:

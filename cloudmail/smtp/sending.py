@@ -9,9 +9,9 @@
   user's home IP is nobody else's business).
 - A message from one of our domains is DKIM-signed (RFC 6376) with the domain's key, in a
   thread, before anything else happens to it.
-- Local recipients get it at once through the same routing and delivery as inbound mail; the
-  `250` comes only once every copy is durable. Recipients elsewhere need the outbound queue,
-  which is not there yet: they are answered `451 4.3.2` so the client keeps the message.
+- Local recipients get it at once through the same routing and delivery as inbound mail, and
+  recipients elsewhere go into the outbound queue (`cloudmail.mailer`); the `250` comes only once
+  every copy is durable and the queue entry fsynced.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from twisted.logger import Logger
 from cloudmail.accounts import dkimkeys
 from cloudmail.address import AddressError, normalize_domain, parse_address
 from cloudmail.delivery import Envelope as DeliveryEnvelope
-from cloudmail.delivery import LocalDelivery
 from cloudmail.errors import DirectoryUnavailable, NotFound
 from cloudmail.interfaces import IAccounts
+from cloudmail.mailer import Mailer
 from cloudmail.routing import INVALID, LOCAL, NOT_OURS, Resolution, Router, split_tag
 from cloudmail.smtp import replies
 from cloudmail.smtp.inbound import DIRECTORY_DOWN, ROUTES, new_queue_id, parse_headers
@@ -45,8 +45,6 @@ from cloudmail.smtp.spool import SpooledMessage
 log = Logger()
 
 NOT_YOURS = Reply(553, "5.7.1", "Sender address not owned by the logged-in user")
-NO_OUTBOUND = Reply(451, "4.3.2", "Delivery to other domains is not available yet; "
-                                  "the message stays with you, try again later")
 MAX_HEADER_BYTES = 256 * 1024
 #: Header fields covered by our DKIM signatures (RFC 6376 5.4.1's recommendations).
 SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to",
@@ -57,12 +55,12 @@ SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"r
 class SubmissionBackend:
     """`ISmtpBackend` for `submission`/`submissions` (see the module docstring)."""
 
-    def __init__(self, router: Router, delivery: LocalDelivery, accounts: IAccounts,
+    def __init__(self, router: Router, mailer: Mailer, accounts: IAccounts,
                  hostname: str, run_in_thread: Callable[..., Deferred[Any]],
                  hide_client_ip: bool = False) -> None:
         self._hide_client = hide_client_ip
         self._router = router
-        self._delivery = delivery
+        self._mailer = mailer
         self._accounts = accounts
         self._hostname = hostname
         self._run_in_thread = run_in_thread
@@ -104,24 +102,23 @@ class SubmissionBackend:
         return replies.SENDER_OK
 
     async def rcpt_to(self, session: Session, address: str) -> Reply:
-        """Local addresses are routed now; other domains wait for the outbound queue."""
+        """Local addresses are routed now; other domains' go to the outbound queue."""
         try:
             resolution = await self._router.resolve(address)
         except DirectoryUnavailable:
             return DIRECTORY_DOWN
-        if resolution.kind == LOCAL:
+        if resolution.kind in (LOCAL, NOT_OURS):
             if session.envelope is not None:
                 session.envelope.notes.setdefault(ROUTES, {})[address] = resolution
             return replies.RECIPIENT_OK
-        if resolution.kind == NOT_OURS:
-            return NO_OUTBOUND
         if resolution.kind == INVALID:
             return replies.BAD_RECIPIENT_SYNTAX
         return replies.NO_SUCH_USER
 
     async def message(self, session: Session, envelope: Envelope,
                       spooled: SpooledMessage) -> Reply:
-        """Check `From:`, complete the header, sign, deliver; 250 once every copy is durable."""
+        """Check `From:`, complete the header, sign, deliver or queue; 250 once every copy is
+        durable."""
         queue_id = new_queue_id()
         login = session.authenticated
         assert login is not None
@@ -141,19 +138,25 @@ class SubmissionBackend:
         message = complete_header(raw, headers, self._hostname)
         message = await self._sign(message, authors[0])
         routes: dict[str, Resolution] = envelope.notes.get(ROUTES, {})
-        local = [routes[r] for r in dict.fromkeys(envelope.recipients) if r in routes]
         tls = f"{session.tls_version} {session.tls_cipher}" if session.tls else None
-        delivered = await self._delivery.deliver(
-            DeliveryEnvelope(queue_id=queue_id, sender=envelope.sender,
-                             client_ip=session.peer_ip, client_name="unknown",
-                             helo="client" if self._hide_client else session.helo or "unknown",
-                             tls=tls, authenticated=True, hide_client=self._hide_client),
-            local, message)
+        sent = await self._mailer.send(
+            envelope.sender, [r for r in envelope.recipients if r in routes], message,
+            envelope=DeliveryEnvelope(
+                queue_id=queue_id, sender=envelope.sender, client_ip=session.peer_ip,
+                client_name="unknown",
+                helo="client" if self._hide_client else session.helo or "unknown",
+                tls=tls, authenticated=True, hide_client=self._hide_client),
+            routes=routes, auth_user=login)
+        queued = sent.queued.queue_id if sent.queued else None
         log.info("submitted {queue_id} by {login} [{client_ip}] from <{sender}> {size} bytes to "
-                 "{mailboxes}", queue_id=queue_id, login=login, client_ip=session.peer_ip,
-                 sender=envelope.sender, size=len(message),
-                 mailboxes=", ".join(f"{d.mailbox} ({d.folder})" for d in delivered))
-        return replace(replies.MESSAGE_ACCEPTED, text=f"Message accepted as {queue_id}")
+                 "{mailboxes}{remote}", queue_id=queue_id, login=login,
+                 client_ip=session.peer_ip, sender=envelope.sender, size=len(message),
+                 mailboxes=", ".join(f"{d.mailbox} ({d.folder})" for d in sent.delivered) or "-",
+                 remote=(f"; queued as {queued} for "
+                         + ", ".join(f"<{r.address}>" for r in sent.queued.recipients)
+                         if sent.queued else ""))
+        return replace(replies.MESSAGE_ACCEPTED,
+                       text=f"Message accepted as {queue_id}")
 
     async def _sign(self, message: bytes, author: str) -> bytes:
         """Prepend a DKIM-Signature when the author's domain is ours and has a key."""

@@ -28,21 +28,25 @@ def tls() -> ssl.SSLContext:
 
 @pytest.fixture
 def submission(container):
-    """The STARTTLS submission listener (587) over the test container; yields its port."""
-    container.certs.load()
-    port = reactor.listenTCP(0, container.submission_factory(), interface="127.0.0.1")
-    yield port.getHost().port
-    pytest_twisted.blockon(port.stopListening())
+    """The STARTTLS submission listener (587) over the test container, with its outbound queue
+    running; yields its port."""
+    yield from listening(container, implicit_tls=False)
 
 
 @pytest.fixture
 def submissions(container):
     """The implicit-TLS submission listener (465); yields its port."""
+    yield from listening(container, implicit_tls=True)
+
+
+def listening(container, implicit_tls: bool):
     container.certs.load()
-    port = reactor.listenTCP(0, container.submission_factory(implicit_tls=True),
+    container.outbound_queue.startService()
+    port = reactor.listenTCP(0, container.submission_factory(implicit_tls=implicit_tls),
                              interface="127.0.0.1")
     yield port.getHost().port
     pytest_twisted.blockon(port.stopListening())
+    pytest_twisted.blockon(container.outbound_queue.stopService())
 
 
 def message(author: str = "alice@example.com", extra: str = "") -> bytes:
@@ -166,18 +170,22 @@ async def test_masquerading_allows_any_address_of_the_domain(container, submissi
 
 
 @pytest_twisted.ensureDeferred
-async def test_other_domains_wait_for_the_outbound_queue(container, submission):
-    """Recipients in other domains get 451 4.3.2 for now (the client keeps the message)."""
+async def test_other_domains_are_queued(container, submission):
+    """A recipient in another domain is accepted and its copy queued (durably) before the 250;
+    a local recipient of the same message is delivered at once."""
     await book(container)
 
     def script():
         c = logged_in(submission)
-        c.mail("alice@example.com")
-        answer = c.rcpt("someone@elsewhere.test")
-        c.close()
-        return answer
-    code, text = await deferToThread(script)
-    assert code == 451 and text.startswith(b"4.3.2")
+        refused = c.sendmail("alice@example.com", ["someone@elsewhere.test", "bob@example.com"],
+                             message())
+        c.quit()
+        return refused
+    assert await deferToThread(script) == {}
+    [entry] = container.outbound_queue.entries()
+    assert [r.address for r in entry.recipients] == ["someone@elsewhere.test"]
+    assert entry.auth_user == "alice@example.com"
+    assert len(inbox(container, "bob")) == 1
 
 
 def test_plain_initial_response_is_decoded_exactly():

@@ -117,6 +117,20 @@ def test_hostname_is_normalised(tmp_path):
     ("[dns]\nnameservers = '192.0.2.53'\n", "[dns] nameservers: must be a list"),
     ("[dns]\ntimeout = 0\n", "[dns] timeout: must be more than 0 and at most 60 seconds"),
     ("[dns]\nretries = 3\n", "[dns] retries: unknown key"),
+    ("[queue]\ntls = 'always'\n", "[queue] tls: must be \"opportunistic\", \"required\" or \"none\""),
+    ("[queue]\nretry_delays = []\n", "[queue] retry_delays: must be a non-empty list of seconds"),
+    ("[queue]\nretry_delays = [60, -1]\n", "[queue] retry_delays: must be a non-empty list"),
+    ("[queue]\nmx_port = 0\n", "[queue] mx_port: must be a whole number from 1 to 65535"),
+    ("[queue]\nlifetime = 0\n", "[queue] lifetime: must be more than 0 seconds"),
+    ("[queue]\nconcurrency = 0\n", "[queue] concurrency: must be a whole number from 1"),
+    ("[queue]\nretries = 3\n", "[queue] retries: unknown key"),
+    ("[relay]\nprovider = 'aws'\n", "[relay] provider: must be one of amazon-ses, google"),
+    ("[relay]\nhost = 'smtp.example.net'\n", "[relay] provider: must be set (\"custom\""),
+    ("[relay]\nprovider = 'custom'\n", "[relay] host: is required with provider = \"custom\""),
+    ("[relay]\nprovider = 'google'\nregion = 'x'\n", "[relay] region: is only for provider"),
+    ("[relay]\nprovider = 'mailgun'\nusername = 'u'\n", "[relay] password: username and password go together"),
+    ("[relay]\nprovider = 'mailgun'\ntls = 'ssl'\n", "[relay] tls: must be one of starttls, tls, none"),
+    ("[relay]\nprovider = 'mailgun'\npassword_file = 'nope'\n", "[relay] password_file: cannot read"),
 ])
 def test_each_mistake_names_file_table_and_key(tmp_path, text, expected):
     """A wrong config stops with one line naming the file, the table, the key and the problem."""
@@ -154,6 +168,30 @@ def test_smtp_and_dns_tables(tmp_path):
     assert config.dns.nameservers == (("192.0.2.53", 53), ("127.0.0.1", 5353),
                                       ("2001:db8::53", 53), ("2001:db8::54", 5300))
     assert config.dns.timeout == 1.5
+
+
+def test_queue_and_relay_tables(tmp_path):
+    """[queue] values reach the config; a [relay] provider fills in host and port (Amazon SES
+    by region), a password can come from a file, and a custom relay takes host and port."""
+    (tmp_path / "relay.pw").write_text("s3cret\n")
+    path = write_config(tmp_path / "c.toml", {
+        "queue": {"mx_port": 2525, "tls": "required", "retry_delays": [1, 2.5], "lifetime": 60,
+                  "delay_warning": 30, "concurrency": 5, "domain_concurrency": 2,
+                  "max_recipients": 10},
+        "relay": {"provider": "amazon-ses", "region": "eu-west-1", "username": "AKIA",
+                  "password_file": "relay.pw"},
+    })
+    config = load_config(path)
+    assert config.queue.retry_delays == (1.0, 2.5) and config.queue.mx_port == 2525
+    assert (config.queue.concurrency, config.queue.domain_concurrency) == (5, 2)
+    relay = config.relay
+    assert (relay.host, relay.port, relay.tls) == ("email-smtp.eu-west-1.amazonaws.com", 587,
+                                                   "starttls")
+    assert (relay.username, relay.password, relay.enabled) == ("AKIA", "s3cret", True)
+    custom = load_config(write_config(tmp_path / "d.toml", {"relay": {
+        "provider": "custom", "host": "[192.0.2.7]", "tls": "tls"}})).relay
+    assert (custom.host, custom.port) == ("[192.0.2.7]", 465)
+    assert not load_config(None).relay.enabled
 
 
 def test_an_empty_dnsbl_list_switches_dnsbl_off(tmp_path):
