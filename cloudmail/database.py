@@ -12,6 +12,7 @@ writes SQL.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,9 @@ from twisted.internet.defer import Deferred
 
 from cloudmail.schema import MIGRATIONS
 from cloudmail.threads import ThreadPools
+
+#: The database file's mode: it holds secrets (see `Database._connect`).
+FILE_MODE = 0o600
 
 T = TypeVar("T")
 
@@ -49,6 +53,10 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Password hashes, DKIM private keys and relay passwords: owner only. SQLite gives
+            # its -wal and -shm files the main file's mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            os.chmod(self.path, FILE_MODE)
             conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                    timeout=30)
             conn.row_factory = sqlite3.Row

@@ -214,6 +214,25 @@ def test_migrations_are_applied_once_and_a_newer_schema_is_refused(tmp_path):
         migrate(conn)
 
 
+@pytest_twisted.ensureDeferred
+async def test_database_files_are_for_the_owner_only(container):
+    """The database holds password hashes, DKIM keys and relay passwords: mode 0600, its WAL
+    files too, and a file made with a looser mode is tightened when opened."""
+    import os
+    import stat
+    await container.admin_service.add_domain("example.com")
+    path = container.config.database.path
+    for name in (path, path.with_name(path.name + "-wal")):
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600, name
+    other = path.with_name("loose.sqlite")
+    other.touch(mode=0o644)
+    from cloudmail.database import Database
+    database = Database(other, container.pools)
+    database.open()
+    await database.close()
+    assert stat.S_IMODE(os.stat(other).st_mode) == 0o600
+
+
 def test_dummy_check_takes_as_long_as_a_real_one():
     """burn_time does a real argon2 verification, so unknown users cost the same as known ones."""
     assert passwords.verify_password(passwords.hash_password("x" * 8), "x" * 8)
