@@ -59,4 +59,16 @@ MIGRATIONS: list[list[str]] = [
                 REFERENCES mailboxes(local, domain) ON DELETE CASCADE
         )""",
     ],
+    [
+        # Keys besides the domain's main one: an Ed25519 key signing next to it (RFC 8463),
+        # and retired keys still published after a rotation until the operator removes them.
+        """CREATE TABLE dkim_keys (
+            domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+            selector TEXT NOT NULL,
+            private_key TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('ed25519', 'retired')),
+            created TEXT NOT NULL,
+            PRIMARY KEY (domain, selector)
+        )""",
+    ],
 ]

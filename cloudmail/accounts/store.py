@@ -41,6 +41,17 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
+class DkimKey:
+    """A DKIM key besides the domain's main one: `role` "ed25519" signs too (a second
+    signature, RFC 8463), "retired" only stays published after a rotation."""
+
+    selector: str
+    private_key: str = field(repr=False)
+    role: str
+    created: str
+
+
+@dataclass(frozen=True)
 class Domain:
     """A mail domain and the settings later parts of the server read."""
 
@@ -50,6 +61,13 @@ class Domain:
     dkim_private_key: str | None = field(repr=False)
     relay: RelaySettings
     masquerade: bool
+    dkim_keys: tuple[DkimKey, ...] = ()
+
+    @property
+    def signing_keys(self) -> list[tuple[str, str]]:
+        """(selector, private key PEM) of every key that signs: the main one, then Ed25519."""
+        keys = [(self.dkim_selector, self.dkim_private_key)] if self.dkim_private_key else []
+        return keys + [(k.selector, k.private_key) for k in self.dkim_keys if k.role == "ed25519"]
 
 
 @dataclass(frozen=True)
@@ -72,11 +90,14 @@ class Alias:
     created: str
 
 
-def _domain(row: sqlite3.Row) -> Domain:
+def _domain(conn: sqlite3.Connection, row: sqlite3.Row) -> Domain:
     relay = RelaySettings(row["relay_host"], row["relay_port"], row["relay_username"],
                           row["relay_password"], row["relay_tls"])
+    keys = tuple(DkimKey(k["selector"], k["private_key"], k["role"], k["created"])
+                 for k in conn.execute("SELECT * FROM dkim_keys WHERE domain = ? "
+                                       "ORDER BY role, created, selector", (row["name"],)))
     return Domain(row["name"], row["created"], row["dkim_selector"], row["dkim_private_key"], relay,
-                  bool(row["masquerade"]))
+                  bool(row["masquerade"]), keys)
 
 
 def _mailbox(row: sqlite3.Row) -> Mailbox:
@@ -92,7 +113,7 @@ def _alias(row: sqlite3.Row) -> Alias:
 def find_domain(conn: sqlite3.Connection, name: str) -> Domain | None:
     """The domain's row, or None."""
     row = conn.execute("SELECT * FROM domains WHERE name = ?", (name,)).fetchone()
-    return _domain(row) if row is not None else None
+    return _domain(conn, row) if row is not None else None
 
 
 def require_domain(conn: sqlite3.Connection, name: str, field_name: str = "domain") -> Domain:
@@ -134,6 +155,47 @@ def update_domain(conn: sqlite3.Connection, name: str, changes: dict[str, Any]) 
     require_domain(conn, name, "name")
     for column, value in changes.items():
         conn.execute(f"UPDATE domains SET {column} = ? WHERE name = ?", (value, name))
+    return require_domain(conn, name, "name")
+
+
+def add_dkim_key(conn: sqlite3.Connection, name: str, selector: str, private_key: str,
+                 role: str) -> Domain:
+    """Keep another key for the domain; Conflict when the selector is taken."""
+    _check_selector_free(require_domain(conn, name, "name"), selector)
+    _insert_dkim_key(conn, name, selector, private_key, role)
+    return require_domain(conn, name, "name")
+
+
+def _check_selector_free(domain: Domain, selector: str) -> None:
+    if selector == domain.dkim_selector or any(k.selector == selector for k in domain.dkim_keys):
+        raise Conflict("selector", f"selector {selector!r} is in use for {domain.name} already")
+
+
+def _insert_dkim_key(conn: sqlite3.Connection, name: str, selector: str, private_key: str,
+                     role: str) -> None:
+    conn.execute("INSERT INTO dkim_keys (domain, selector, private_key, role, created) "
+                 "VALUES (?, ?, ?, ?, ?)", (name, selector, private_key, role, now()))
+
+
+def remove_dkim_key(conn: sqlite3.Connection, name: str, selector: str) -> Domain:
+    """Drop one of the domain's other keys; NotFound when it has none with that selector."""
+    require_domain(conn, name, "name")
+    if not conn.execute("DELETE FROM dkim_keys WHERE domain = ? AND selector = ?",
+                        (name, selector)).rowcount:
+        raise NotFound("selector", f"{name} has no other DKIM key with selector {selector!r}")
+    return require_domain(conn, name, "name")
+
+
+def rotate_dkim_key(conn: sqlite3.Connection, name: str, selector: str,
+                    private_key: str) -> Domain:
+    """Make (selector, private_key) the main key; the old main key is kept as retired (still
+    published, no longer signing) until `remove_dkim_key`."""
+    domain = require_domain(conn, name, "name")
+    _check_selector_free(domain, selector)
+    if domain.dkim_private_key:
+        _insert_dkim_key(conn, name, domain.dkim_selector, domain.dkim_private_key, "retired")
+    conn.execute("UPDATE domains SET dkim_selector = ?, dkim_private_key = ? WHERE name = ?",
+                 (selector, private_key, name))
     return require_domain(conn, name, "name")
 
 
@@ -250,8 +312,8 @@ class AccountStore:
         return self._cached(("domain", name), find_domain, name).addCallback(found)
 
     def list_domains(self):
-        return self.db.transact(lambda c: [_domain(r) for r in c.execute(
-            "SELECT * FROM domains ORDER BY name")])
+        return self.db.transact(lambda c: [_domain(c, r) for r in c.execute(
+            "SELECT * FROM domains ORDER BY name").fetchall()])
 
     def get_mailbox(self, address: Address):
         return self.db.transact(require_mailbox, address)

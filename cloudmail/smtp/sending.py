@@ -159,16 +159,15 @@ class SubmissionBackend:
                        text=f"Message accepted as {queue_id}")
 
     async def _sign(self, message: bytes, author: str) -> bytes:
-        """Prepend a DKIM-Signature when the author's domain is ours and has a key."""
+        """Prepend a DKIM-Signature per signing key when the author's domain is ours."""
         try:
             domain = await self._accounts.get_domain(
                 normalize_domain(author.rpartition("@")[2]))
         except (NotFound, AddressError):
             return message
-        if not domain.dkim_private_key:
+        if not domain.signing_keys:
             return message
-        return await self._run_in_thread(sign, message, domain.name, domain.dkim_selector,
-                                         domain.dkim_private_key)
+        return await self._run_in_thread(sign, message, domain.name, domain.signing_keys)
 
 
 def complete_header(message: bytes, headers: list[tuple[bytes, bytes]], hostname: str) -> bytes:
@@ -182,18 +181,22 @@ def complete_header(message: bytes, headers: list[tuple[bytes, bytes]], hostname
     return added + message
 
 
-def sign(message: bytes, domain: str, selector: str, private_key_pem: str) -> bytes:
-    """`message` with a DKIM-Signature (RSA-SHA256, or Ed25519-SHA256 for an Ed25519 key)
-    over the usual header fields, relaxed/simple canonicalisation. Blocking (CPU)."""
-    key = dkimkeys.load_private_key(private_key_pem)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
-        secret, algorithm = base64.b64encode(raw), b"ed25519-sha256"
-    else:
-        secret, algorithm = private_key_pem.encode("ascii"), b"rsa-sha256"
+def sign(message: bytes, domain: str, keys: list[tuple[str, str]]) -> bytes:
+    """`message` with one DKIM-Signature per (selector, private key PEM): RSA-SHA256, or
+    Ed25519-SHA256 (RFC 8463) for an Ed25519 key, over the usual header fields, relaxed/simple
+    canonicalisation. Each signature covers the message as given, so a receiver that does not
+    know Ed25519 still verifies the RSA one. Blocking (CPU)."""
     present = {name.lower() for name, _ in parse_headers(message[:MAX_HEADER_BYTES])}
     include = [h for h in SIGNED_HEADERS if h in present]
-    signature = dkim.sign(message, selector.encode(), domain.encode(), secret,
-                          signature_algorithm=algorithm, include_headers=include)
-    return signature + message
+    signatures = b""
+    for selector, private_key_pem in keys:
+        key = dkimkeys.load_private_key(private_key_pem)
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                    serialization.NoEncryption())
+            secret, algorithm = base64.b64encode(raw), b"ed25519-sha256"
+        else:
+            secret, algorithm = private_key_pem.encode("ascii"), b"rsa-sha256"
+        signatures += dkim.sign(message, selector.encode(), domain.encode(), secret,
+                                signature_algorithm=algorithm, include_headers=include)
+    return signatures + message

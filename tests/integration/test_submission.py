@@ -4,6 +4,7 @@ completed, DKIM signing that verifies against the published key, local delivery.
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 import ssl
 
@@ -220,3 +221,50 @@ async def test_received_header_names_esmtpsa_and_can_hide_the_client(tmp_path):
         [stored] = inbox(container, "bob")
         assert b"with ESMTPSA id " in stored
         assert (b"[127.0.0.1]" in stored) is not hide
+
+
+@pytest_twisted.ensureDeferred
+async def test_ed25519_key_signs_next_to_rsa_and_a_retired_key_no_longer_signs(container,
+                                                                               submission):
+    """With an Ed25519 key beside the RSA one, a message carries two signatures (RFC 8463:
+    RSA for receivers that do not know Ed25519) and each verifies against its own published
+    record; after a rotation the new main key signs and the retired one does not."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cloudmail.accounts import store
+    await book(container)
+    ed_pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    await container.database.transact(store.add_dkim_key, "example.com", "ed", ed_pem, "ed25519")
+
+    def send(subject):
+        c = logged_in(submission)
+        c.sendmail("alice@example.com", ["bob@example.com"],
+                   message(extra=f"X-Test: {subject}\r\n"))
+        c.quit()
+
+    async def signatures(subject):
+        await deferToThread(send, subject)
+        [stored] = [m for m in inbox(container, "bob") if f"X-Test: {subject}".encode() in m]
+        domain = await container.accounts.get_domain("example.com")
+        records = {f"{selector}._domainkey.example.com.".encode():
+                   dkimkeys.dns_record(pem).encode() for selector, pem in
+                   [(domain.dkim_selector, domain.dkim_private_key)]
+                   + [(k.selector, k.private_key) for k in domain.dkim_keys]}
+        signed = stored[stored.index(b"DKIM-Signature:"):]
+        verifier = dkim.DKIM(signed)
+        count = signed.count(b"DKIM-Signature:")
+        assert all(verifier.verify(idx=i, dnsfunc=lambda name, timeout=5: records[name])
+                   for i in range(count))
+        return [re.search(rb"\bs=([\w-]+)", h).group(1).decode()
+                for h in re.findall(rb"DKIM-Signature:.*?(?=\r\n\S)", signed, re.S)]
+
+    assert sorted(await signatures("both")) == ["cloudmail", "ed"]
+    new_key = dkimkeys.generate_private_key()
+    await container.database.transact(store.rotate_dkim_key, "example.com", "cloudmail2", new_key)
+    assert sorted(await signatures("rotated")) == ["cloudmail2", "ed"]
+    domain = await container.accounts.get_domain("example.com")
+    assert [(k.selector, k.role) for k in domain.dkim_keys] == [("ed", "ed25519"),
+                                                                ("cloudmail", "retired")]
