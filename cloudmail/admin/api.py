@@ -422,6 +422,52 @@ class AdminApi:
         log.info("admin: deleted alias {address}", address=address)
         return 204, None
 
+    # The outbound queue and the test message (they live in the running server)
+
+    @functools.cached_property
+    def queue(self):
+        from cloudmail.admin.queue import QueueAdmin
+        return QueueAdmin(self.container)
+
+    @route(f"{API}/queue", "GET")
+    async def list_queue(self, request: IRequest) -> Reply:
+        return 200, items(self.queue.list())
+
+    @route(f"{API}/queue/retry", "POST")
+    async def retry_queue(self, request: IRequest) -> Reply:
+        retried = await self.queue.retry_all()
+        log.info("admin: retrying every queued message now ({count})", count=len(retried))
+        return 200, items(retried)
+
+    @route(f"{API}/queue/<id>", "GET")
+    async def get_queued(self, request: IRequest, id: str) -> Reply:
+        return 200, self.queue.get(id)
+
+    @route(f"{API}/queue/<id>/retry", "POST")
+    async def retry_queued(self, request: IRequest, id: str) -> Reply:
+        entry = await self.queue.retry(id)
+        log.info("admin: retrying {queue_id} now", queue_id=entry["id"])
+        return 200, entry
+
+    @route(f"{API}/queue/<id>", "DELETE")
+    async def delete_queued(self, request: IRequest, id: str) -> Reply:
+        bounce = query(request, "bounce")
+        if bounce not in (None, "true", "false"):
+            raise BadRequest("bounce", "must be true or false")
+        await self.queue.delete(id, bounce=bounce == "true")
+        log.info("admin: deleted {queue_id} from the queue ({how})", queue_id=id,
+                 how="returned to the sender" if bounce == "true" else "no bounce")
+        return 204, None
+
+    @route(f"{API}/mail/test", "POST")
+    async def send_test(self, request: IRequest) -> Reply:
+        body = fields(request, ("to",), ("from",))
+        sent = await self.queue.send_test(body["to"], body.get("from"))
+        log.info("admin: sent a test message from <{sender}> to <{to}> ({where})",
+                 sender=sent["from"], to=sent["to"],
+                 where=f"queued as {sent['queue_id']}" if sent["queue_id"] else "delivered here")
+        return 202, sent
+
     # What no route answers
 
     @_app.handle_errors(http.HTTPException)

@@ -8,6 +8,11 @@ service, so the command line can never accept what the API refuses.
 It opens the server's own SQLite file through the same `Container`; WAL mode lets it run while the
 server does. Passwords are read from stdin only, never from arguments (they would show in `ps`).
 
+The outbound queue and the test message live in the running server, so `queue ...` and `send-test`
+call its admin API instead: over HTTP on loopback at the `[listen] admin` address, with the
+bearer token from `[admin] token_file`. When nobody answers there they say the server is not
+running (exit 1).
+
 With `--json`, commands that delete print nothing (the service returns nothing); errors are
 always one line on stderr. Exit status: 0 done; 1 the request could not be done (ServiceError,
 unavailable directory, unreadable or malformed input file); 2 usage or configuration error;
@@ -21,6 +26,7 @@ import csv
 import getpass
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -32,6 +38,7 @@ from cloudmail.app import Container
 from cloudmail.config import load_config
 from cloudmail.database import SchemaTooNew
 from cloudmail.errors import ConfigError, DirectoryUnavailable, ServiceError
+from cloudmail.queue.relay import PROVIDERS
 
 PROG = "cloudmail-admin"
 IMPORT_COLUMNS = ("username", "password", "password_hash", "display_name", "mailboxes", "aliases")
@@ -198,15 +205,22 @@ def read_import_csv(path: str) -> list[ImportRow]:
 
 
 def relay_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The `relay` object of `domain set` from `--relay HOST[:PORT]` and its companions."""
-    host, _, port = args.relay.rpartition(":")
-    if not host or not port.isdigit():
-        host, port = args.relay, ""
-    relay: dict[str, Any] = {"host": host}
+    """The `relay` object of `domain set` from `--relay HOST[:PORT]` and/or `--relay-provider`
+    and their companions (a provider preset gives host and port unless `--relay` does)."""
+    relay: dict[str, Any] = {}
+    if args.relay_provider is not None:
+        relay["provider"] = args.relay_provider
+    if args.relay_region is not None:
+        relay["region"] = args.relay_region
+    if args.relay is not None:
+        host, _, port = args.relay.rpartition(":")
+        if not host or not port.isdigit():
+            host, port = args.relay, ""
+        relay["host"] = host
+        if port:
+            relay["port"] = int(port)
     if args.relay_tls is not None:
         relay["tls"] = args.relay_tls
-    if port:
-        relay["port"] = int(port)
     if args.relay_username is not None:
         relay["username"] = args.relay_username
     if args.relay_password is not None:
@@ -223,12 +237,17 @@ def domain_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["dkim_private_key"] = read_text(args.dkim_key_file, "the DKIM key")
     if args.masquerade is not None:
         changes["masquerade"] = args.masquerade == "on"
+    companions = (args.relay_username or args.relay_password_stdin or args.relay_tls
+                  or args.relay_region is not None)
     if args.no_relay:
+        if companions or args.relay_provider is not None:
+            raise CommandError("--no-relay takes no other --relay-* option")
         changes["relay"] = None
-    elif args.relay is not None:
+    elif args.relay is not None or args.relay_provider is not None:
         changes["relay"] = relay_settings(args)
-    elif args.relay_username or args.relay_password_stdin or args.relay_tls:
-        raise CommandError("--relay-username, --relay-password-stdin and --relay-tls need --relay")
+    elif companions:
+        raise CommandError("--relay-username, --relay-password-stdin, --relay-tls and "
+                           "--relay-region need --relay or --relay-provider")
     if not changes:
         raise CommandError("domain set: nothing to change (see --help)")
     return changes
@@ -243,6 +262,194 @@ def read_inputs(args: argparse.Namespace) -> None:
         args.changes = domain_changes(args)
     if args.run is import_users:
         args.rows = read_import_csv(args.file)
+
+
+# The server's admin API: the outbound queue and the test message live in the running server
+
+
+class ServerDown(Exception):
+    """The admin API does not answer (the server is not running, or listens elsewhere)."""
+
+
+def parse_admin_endpoint(description: str) -> tuple[str, int]:
+    """(host, port) to reach the `[listen] admin` endpoint string on, e.g. "tcp:8580" or
+    "tcp:port=8580:interface=127.0.0.1" → ("127.0.0.1", 8580); any-address interfaces are
+    reached on loopback. Raises ConfigError for a disabled or non-TCP listener."""
+    if not description:
+        raise ConfigError("[listen] admin is off: the queue and send-test commands need the "
+                          "running server's admin API")
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    kind, positional, named = parts[0].lower(), [], {}
+    for part in parts[1:]:
+        name, equals, value = part.partition("=")
+        if equals:
+            named[name] = value
+        else:
+            positional.append(part)
+    if kind not in ("tcp", "tcp6"):
+        raise ConfigError(f"[listen] admin = {description!r}: only a tcp listener can be "
+                          "reached by cloudmail-admin")
+    port = named.get("port", positional[0] if positional else "")
+    interface = named.get("interface", positional[2] if len(positional) > 2 else "")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"[listen] admin = {description!r}: no port to connect to")
+    if interface in ("", "0.0.0.0"):
+        interface = "::1" if kind == "tcp6" else "127.0.0.1"
+    elif interface == "::":
+        interface = "::1"
+    return interface, int(port)
+
+
+class AdminClient:
+    """The running server's admin API over loopback HTTP (urllib), with its bearer token."""
+
+    timeout = 60.0
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    @property
+    def where(self) -> str:
+        return f"admin API at {self.host}:{self.port}"
+
+    @classmethod
+    def of_config(cls, config: Any) -> AdminClient:
+        host, port = parse_admin_endpoint(config.listen.admin)
+        path = config.admin.token_file
+        try:
+            token = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            raise ServerDown(f"no admin token in {path}: the server has never been started")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CommandError(f"cannot read the admin token {path}: "
+                               f"{getattr(e, 'strerror', None) or e}")
+        return cls(host, port, token)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Call the API; its JSON answer (None for 204). Raises ServerDown when nobody answers,
+        ServiceError for an error answer."""
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json",
+                     **({"Content-Type": "application/json"} if data is not None else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            with e:
+                raise self._error(e.code, e.read()) from None
+        except urllib.error.URLError as e:
+            reason = e.reason
+            text = (reason.strerror or str(reason)) if isinstance(reason, OSError) else str(reason)
+            raise ServerDown(f"{self.where}: {text.lower()}") from None
+        except (TimeoutError, ConnectionError) as e:
+            raise ServerDown(f"{self.where}: {e.strerror or e}") from None
+        except http.client.HTTPException as e:
+            raise CommandError(f"the {self.where} gave no HTTP answer ({e!r}); is [listen] admin "
+                               "right?") from None
+        return json.loads(raw.decode("utf-8")) if raw else None
+
+    def _error(self, status: int, raw: bytes) -> ServiceError:
+        try:
+            error = json.loads(raw.decode("utf-8"))["error"]
+            field, message = error.get("field"), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            field, message = None, f"the {self.where} answered {status}"
+        if status == 401:
+            message = f"the {self.where} refused the token ({message})"
+        failure = ServiceError(field, message)
+        failure.status = status
+        return failure
+
+
+def when(value: str | None) -> str | None:
+    """An API time (ISO 8601 UTC) as table text: "2025-05-01 12:00:00Z"."""
+    return value.replace("T", " ").replace("+00:00", "Z") if value else None
+
+
+def pending(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in entry["recipients"] if r["status"] in ("queued", "deferred")]
+
+
+def last_error(recipient: dict[str, Any]) -> str | None:
+    if not recipient["last_error"]:
+        return None
+    code = " ".join(str(v) for v in (recipient["last_code"], recipient["last_status"]) if v)
+    return f"{code} {recipient['last_error']}" if code else recipient["last_error"]
+
+
+def entry_error(entry: dict[str, Any]) -> str | None:
+    """The last error of the first pending recipient that has one."""
+    return next((e for r in pending(entry) if (e := last_error(r))), None)
+
+
+QUEUE = table(("ID", key("id")), ("SENDER", lambda e: e["sender"] or "<>"),
+              ("RECIPIENTS", lambda e: [r["address"] for r in pending(e) or e["recipients"]]),
+              ("ATTEMPTS", lambda e: max((r["attempts"] for r in e["recipients"]), default=0)),
+              ("NEXT TRY", lambda e: when(e["next_attempt"])), ("LAST ERROR", entry_error))
+RECIPIENTS = table(("RECIPIENT", key("address")), ("STATUS", key("status")),
+                   ("ATTEMPTS", key("attempts")), ("NEXT TRY", lambda r: when(r["next_attempt"])),
+                   ("LAST TRY", lambda r: when(r["last_attempt"])),
+                   ("REMOTE MTA", key("remote_mta")), ("LAST ERROR", last_error))
+
+
+def queue_table(answer: dict[str, Any]) -> str:
+    return QUEUE(answer["items"])
+
+
+def queued_text(entry: dict[str, Any]) -> str:
+    """One queue entry: its envelope as `key: value` lines, then its recipients as a table."""
+    head = {"id": entry["id"], "sender": entry["sender"] or "<>", "created": when(entry["created"]),
+            "size": entry["size"], "auth_user": entry["auth_user"],
+            "next_attempt": when(entry["next_attempt"])}
+    return f"{show(head)}\n\n{RECIPIENTS(entry['recipients'])}"
+
+
+def retried_text(answer: dict[str, Any]) -> str:
+    if "items" in answer:
+        return f"retrying {len(answer['items'])} queued message(s) now"
+    return f"retrying {answer['id']} now ({len(pending(answer))} recipient(s) due)"
+
+
+def sent_text(sent: dict[str, Any]) -> str:
+    where = [f"delivered to {', '.join(sent['delivered'])}"] if sent["delivered"] else []
+    if sent["queue_id"]:
+        where.append(f"queued as {sent['queue_id']} (see: {PROG} queue show {sent['queue_id']})")
+    return f"sent the test message from <{sent['from']}> to <{sent['to']}>: " \
+           f"{'; '.join(where) or 'nobody got it'}"
+
+
+def queue_path(queue_id: str) -> str:
+    import urllib.parse
+    return f"/api/v1/queue/{urllib.parse.quote(queue_id, safe='')}"
+
+
+def queue_retry(c: AdminClient, a: argparse.Namespace) -> Any:
+    if a.all == (a.id is not None):
+        raise CommandError("queue retry: give a queue ID or --all")
+    if a.all:
+        return c.request("POST", "/api/v1/queue/retry")
+    return c.request("POST", queue_path(a.id) + "/retry")
+
+
+def send_test(c: AdminClient, a: argparse.Namespace) -> Any:
+    body = {"to": a.to}
+    if a.sender is not None:
+        body["from"] = a.sender
+    return c.request("POST", "/api/v1/mail/test", body)
+
+
+def remote(parser: argparse.ArgumentParser, run: Callable[[AdminClient, argparse.Namespace], Any],
+           view: Any = show) -> argparse.ArgumentParser:
+    """Mark a command as one the running server does, through its admin API."""
+    parser.set_defaults(run=None, remote=run, view=view)
+    return parser
 
 
 # Commands: each takes the service and the arguments and returns the service's JSON
@@ -323,13 +530,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masquerade", choices=("on", "off"),
                    help="let users send as any address of the domain")
     relay = p.add_mutually_exclusive_group()
-    relay.add_argument("--relay", metavar="HOST[:PORT]", help="send outbound mail through HOST")
+    relay.add_argument("--relay", metavar="HOST[:PORT]",
+                       help="send outbound mail through HOST (default: the provider's)")
     relay.add_argument("--no-relay", action="store_true", help="deliver directly by MX again")
     p.add_argument("--relay-username", metavar="U", help="the relay login name")
     p.add_argument("--relay-password-stdin", action="store_true",
                    help="read the relay password from stdin")
     p.add_argument("--relay-tls", choices=("starttls", "tls", "none"),
                    help="how to reach the relay (default starttls)")
+    p.add_argument("--relay-provider", choices=PROVIDERS, metavar="NAME",
+                   help=f"a sending service whose host and port are filled in: "
+                        f"{', '.join(PROVIDERS)} (custom: give --relay)")
+    p.add_argument("--relay-region", metavar="REGION",
+                   help="the Amazon SES region (with --relay-provider amazon-ses; "
+                        "default us-east-1)")
 
     v = c.noun("user", "users of the built-in directory")
     p = c.verb(v, "add", "add a user with a password from stdin or a ready hash",
@@ -415,6 +629,35 @@ def build_parser() -> argparse.ArgumentParser:
                catchall_text)
     p.add_argument("domain")
 
+    v = c.noun("queue", "the running server's outbound queue (through its admin API)")
+    remote(c.verb(v, "list", "list the queued messages: recipients, attempts, next try, last "
+                  "error", None), lambda c, a: c.request("GET", "/api/v1/queue"), queue_table)
+    p = remote(c.verb(v, "show", "show a queued message and where each recipient stands", None),
+               lambda c, a: c.request("GET", queue_path(a.id)), queued_text)
+    p.add_argument("id", metavar="ID")
+    p = remote(c.verb(v, "retry", "try a queued message (or all) again now", None), queue_retry,
+               retried_text)
+    p.add_argument("id", metavar="ID", nargs="?")
+    p.add_argument("--all", action="store_true", help="every queued message")
+    p = remote(c.verb(v, "delete", "delete a queued message (silently, unless --bounce)", None),
+               lambda c, a: c.request("DELETE", queue_path(a.id) + ("?bounce=true" if a.bounce
+                                                                    else "")),
+               Done("deleted {id} from the queue"))
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--bounce", action="store_true",
+                   help="return it to its sender with a delivery status notification")
+
+    p = c.nouns.add_parser(
+        "send-test", allow_abbrev=False, help="send a test message through the running server",
+        description="Send a short test message through the running server (its admin API): "
+                    "DKIM-signed when the sender's domain has a key, delivered here or queued "
+                    "like users' mail.")
+    remote(p, send_test, sent_text)
+    p.add_argument("to", metavar="TO", help="the recipient (any address)")
+    p.add_argument("--from", dest="sender", metavar="ADDR",
+                   help="the sender, an address of one of our domains (default postmaster@ the "
+                        "first domain)")
+
     p = c.nouns.add_parser(
         "import", allow_abbrev=False,
         help="create users with mailboxes and aliases from a CSV file",
@@ -471,6 +714,27 @@ def fail(message: str, status: int) -> int:
     return status
 
 
+def run_remote(config: Any, args: argparse.Namespace) -> int:
+    """Run a command of the running server through its admin API and print the answer."""
+    try:
+        client = AdminClient.of_config(config)
+        result = args.remote(client, args)
+    except ConfigError as e:
+        return fail(str(e), 2)
+    except ServerDown as e:
+        return fail(f"the server is not running ({e})", 1)
+    except (CommandError, ServiceError) as e:
+        return fail(str(e), 1)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    if args.json:
+        if result is not None:
+            print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(args.view.render(args) if isinstance(args.view, Done) else args.view(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit status. Runs the reactor, so only once per process."""
     args = build_parser().parse_args(argv)
@@ -478,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as e:
         return fail(str(e), 2)
+    if getattr(args, "remote", None) is not None:
+        return run_remote(config, args)
     try:
         read_inputs(args)
     except CommandError as e:

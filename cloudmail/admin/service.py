@@ -184,21 +184,42 @@ class AdminService:
 
     @staticmethod
     def _relay_columns(value: Any) -> dict[str, Any]:
+        """The relay columns from the API's `relay` object: a `provider` preset fills in host and
+        port (Amazon SES's with `region`), which may still be given; `custom` or none needs a
+        host."""
+        from cloudmail.queue.relay import DEFAULT_SES_REGION, PROVIDERS, preset
+
         if value is None:
             return {"relay_host": None, "relay_port": None, "relay_username": None,
                     "relay_password": None, "relay_tls": "starttls"}
         if not isinstance(value, dict):
             raise BadRequest("relay", "must be an object or null")
-        unknown = set(value) - {"host", "port", "username", "password", "tls"}
+        unknown = set(value) - {"provider", "region", "host", "port", "username", "password",
+                                "tls"}
         if unknown:
             raise Invalid(f"relay.{sorted(unknown)[0]}", "unknown key")
-        host = text(value.get("host"), "relay.host")
+        provider = text(value.get("provider", "custom"), "relay.provider")
+        if provider not in PROVIDERS:
+            raise Invalid("relay.provider", f"must be one of {', '.join(PROVIDERS)}, "
+                                            f"not {provider!r}")
+        region = text(value.get("region"), "relay.region", optional=True)
+        if region is not None and provider != "amazon-ses":
+            raise Invalid("relay.region", "is only for the provider amazon-ses")
+        if region is not None and not _SELECTOR.match(region):
+            raise Invalid("relay.region", f"{region!r} is not a region name (like us-east-1)")
+        preset_host, preset_port = (None, None) if provider == "custom" else \
+            preset(provider, region or DEFAULT_SES_REGION)
+        if "host" not in value and preset_host is None:
+            raise Invalid("relay.host", "is required (or a provider preset)")
+        host = text(value.get("host", preset_host), "relay.host")
         if not _HOST.match(host):
             raise Invalid("relay.host", f"{host!r} is not a host name or [address]")
         tls = text(value.get("tls", "starttls"), "relay.tls")
         if tls not in store.RELAY_TLS_MODES:
             raise Invalid("relay.tls", f"must be one of {', '.join(store.RELAY_TLS_MODES)}")
-        port = value.get("port", 465 if tls == "tls" else 587)
+        default_port = preset_port if preset_port is not None and tls != "tls" else \
+            465 if tls == "tls" else 587
+        port = value.get("port", default_port)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise Invalid("relay.port", "must be a port number from 1 to 65535")
         username = text(value.get("username"), "relay.username", optional=True)

@@ -136,7 +136,7 @@ class SubmissionBackend:
                      queue_id=queue_id, login=login, client_ip=session.peer_ip, reason=reason)
             return NOT_YOURS.with_text(f"From: address rejected: {reason}")
         message = complete_header(raw, headers, self._hostname)
-        message = await self._sign(message, authors[0])
+        message = await sign_as_author(self._accounts, self._run_in_thread, message, authors[0])
         routes: dict[str, Resolution] = envelope.notes.get(ROUTES, {})
         tls = f"{session.tls_version} {session.tls_cipher}" if session.tls else None
         sent = await self._mailer.send(
@@ -158,16 +158,17 @@ class SubmissionBackend:
         return replace(replies.MESSAGE_ACCEPTED,
                        text=f"Message accepted as {queue_id}")
 
-    async def _sign(self, message: bytes, author: str) -> bytes:
-        """Prepend a DKIM-Signature per signing key when the author's domain is ours."""
-        try:
-            domain = await self._accounts.get_domain(
-                normalize_domain(author.rpartition("@")[2]))
-        except (NotFound, AddressError):
-            return message
-        if not domain.signing_keys:
-            return message
-        return await self._run_in_thread(sign, message, domain.name, domain.signing_keys)
+async def sign_as_author(accounts: IAccounts, run_in_thread: Callable[..., Deferred[Any]],
+                         message: bytes, author: str) -> bytes:
+    """`message` with a DKIM-Signature per signing key of the author's domain, when that domain
+    is ours (else unchanged); the signing runs in `run_in_thread`."""
+    try:
+        domain = await accounts.get_domain(normalize_domain(author.rpartition("@")[2]))
+    except (NotFound, AddressError):
+        return message
+    if not domain.signing_keys:
+        return message
+    return await run_in_thread(sign, message, domain.name, domain.signing_keys)
 
 
 def complete_header(message: bytes, headers: list[tuple[bytes, bytes]], hostname: str) -> bytes:

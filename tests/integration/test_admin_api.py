@@ -306,6 +306,41 @@ async def test_domain_settings_are_checked(api):
 
 
 @pytest_twisted.ensureDeferred
+async def test_domain_relay_provider_presets(api):
+    """A relay `provider` fills in the service's host and port (Amazon SES's per `region`);
+    host or port given win; `custom` needs a host; unknown providers and misplaced regions are
+    422 naming them."""
+    await add_domain(api)
+
+    async def relay(settings: dict) -> dict:
+        answer = await api.patch("/api/v1/domains/example.com", {"relay": settings})
+        assert answer.status == 200, answer.raw
+        return answer.json["relay"]
+    assert await relay({"provider": "sendgrid", "username": "apikey", "password": "pw"}) == {
+        "host": "smtp.sendgrid.net", "port": 587, "username": "apikey", "password_set": True,
+        "tls": "starttls"}
+    ses = await relay({"provider": "amazon-ses", "region": "eu-west-1"})
+    assert (ses["host"], ses["port"]) == ("email-smtp.eu-west-1.amazonaws.com", 587)
+    assert (await relay({"provider": "amazon-ses"}))["host"] == \
+        "email-smtp.us-east-1.amazonaws.com"
+    assert await relay({"provider": "mailgun", "host": "smtp.eu.mailgun.org", "port": 2525}) == {
+        "host": "smtp.eu.mailgun.org", "port": 2525, "username": None, "password_set": False,
+        "tls": "starttls"}
+    assert (await relay({"provider": "google", "tls": "tls"}))["port"] == 465
+    assert (await relay({"provider": "custom", "host": "relay.test"}))["port"] == 587
+    for settings, wrong in [({"provider": "nope"}, "relay.provider"),
+                            ({"provider": "custom"}, "relay.host"),
+                            ({}, "relay.host"),
+                            ({"provider": "google", "region": "eu-west-1"}, "relay.region"),
+                            ({"provider": "amazon-ses", "region": "not a region"},
+                             "relay.region")]:
+        answer = await api.patch("/api/v1/domains/example.com", {"relay": settings})
+        assert answer.status == 422 and answer.error_field == wrong, (settings, answer.raw)
+    answer = await api.patch("/api/v1/domains/example.com", {"relay": {"provider": 1}})
+    assert answer.status == 400 and answer.error_field == "relay.provider"
+
+
+@pytest_twisted.ensureDeferred
 async def test_idn_domain_is_stored_as_a_label(api):
     """An IDN domain is stored as its A-label and can be found by either spelling."""
     domain = await add_domain(api, "Bücher.Example")

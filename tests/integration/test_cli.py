@@ -153,6 +153,32 @@ def test_domain_set_changes_selector_key_masquerading_and_relay(config, tmp_path
     assert "relay.host" in failed(config, "domain", "set", "example.com", "--relay", "bad host")
 
 
+def test_domain_set_relay_provider(config):
+    """`--relay-provider` fills in the service's host and port, so `--relay` is optional;
+    `--relay-region` picks the Amazon SES region and needs a provider."""
+    ok(config, "domain", "add", "example.com")
+    domain = as_json(config, "domain", "set", "example.com", "--relay-provider", "amazon-ses",
+                     "--relay-region", "eu-central-1", "--relay-username", "AKIA",
+                     "--relay-password-stdin", stdin="ses secret\n")
+    assert domain["relay"] == {"host": "email-smtp.eu-central-1.amazonaws.com", "port": 587,
+                               "username": "AKIA", "password_set": True, "tls": "starttls"}
+    relay = fields(ok(config, "domain", "set", "example.com", "--relay-provider", "postmark"))
+    assert relay["relay.host"] == "smtp.postmarkapp.com" and relay["relay.port"] == "587"
+    domain = as_json(config, "domain", "set", "example.com", "--relay-provider", "mailgun",
+                     "--relay", "smtp.eu.mailgun.org:2525")
+    assert (domain["relay"]["host"], domain["relay"]["port"]) == ("smtp.eu.mailgun.org", 2525)
+    assert "relay.host" in failed(config, "domain", "set", "example.com",
+                                  "--relay-provider", "custom")
+    assert "relay.region" in failed(config, "domain", "set", "example.com",
+                                    "--relay-provider", "google", "--relay-region", "eu-west-1")
+    assert "--relay-provider" in failed(config, "domain", "set", "example.com",
+                                        "--relay-region", "eu-west-1")
+    assert "--no-relay" in failed(config, "domain", "set", "example.com", "--no-relay",
+                                  "--relay-provider", "google")
+    assert "invalid choice" in failed(config, "domain", "set", "example.com",
+                                      "--relay-provider", "nope", status=2)
+
+
 def test_delete_commands_remove_what_they_name(example):
     """Each delete removes its thing; a domain or user still in use cannot be deleted."""
     assert "owns mailboxes" in failed(example, "user", "delete", "alice")
