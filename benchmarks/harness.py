@@ -430,3 +430,36 @@ def print_lists(report: dict, labels: dict[str, str]) -> None:
     for key, label in labels.items():
         for item in report.get(key, []):
             print(f"  {label}: {item}")
+
+
+# --- a loopback DNS server ---------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+_DNS_SCRIPT = """
+import json, sys
+from twisted.internet import reactor
+from tests.dnsserver import DnsServer
+server = DnsServer(json.loads(sys.argv[1]))
+print(server.start(), flush=True)
+reactor.run()
+"""
+
+
+@contextlib.contextmanager
+def dns_server(zones: dict[str, Any]) -> Iterator[int]:
+    """tests/dnsserver.py's twisted.names server over `zones` (its dict format; tuples as JSON
+    lists are fine for MX) in a subprocess of its own, so that it costs neither the server nor
+    an asyncio load generator any CPU time; yields its port (UDP and TCP on 127.0.0.1) for
+    `[dns] nameservers = ["127.0.0.1:<port>"]`, and is killed on leaving."""
+    process = subprocess.Popen([sys.executable, "-c", _DNS_SCRIPT, json.dumps(zones)],
+                               cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        if not line.strip().isdigit():
+            raise SystemExit(f"the DNS server did not start (exit {process.poll()})")
+        yield int(line)
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout:
+            process.stdout.close()
