@@ -16,27 +16,22 @@
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from dataclasses import replace
 from email.utils import formatdate, getaddresses
 from typing import Any, Callable
 
-import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from cloudmail.accounts import dkimkeys
 from cloudmail.address import AddressError, normalize_domain, parse_address
 from cloudmail.delivery import Envelope as DeliveryEnvelope
 from cloudmail.errors import DirectoryUnavailable, NotFound
 from cloudmail.interfaces import IAccounts
 from cloudmail.mailer import Mailer
 from cloudmail.routing import INVALID, LOCAL, NOT_OURS, Resolution, Router, split_tag
-from cloudmail.smtp import replies
+from cloudmail.smtp import dkimsign, replies
 from cloudmail.smtp.inbound import DIRECTORY_DOWN, ROUTES, new_queue_id, parse_headers
 from cloudmail.smtp.protocol import Envelope, MailParams, Session
 from cloudmail.smtp.replies import Reply
@@ -183,21 +178,8 @@ def complete_header(message: bytes, headers: list[tuple[bytes, bytes]], hostname
 
 
 def sign(message: bytes, domain: str, keys: list[tuple[str, str]]) -> bytes:
-    """`message` with one DKIM-Signature per (selector, private key PEM): RSA-SHA256, or
-    Ed25519-SHA256 (RFC 8463) for an Ed25519 key, over the usual header fields, relaxed/simple
-    canonicalisation. Each signature covers the message as given, so a receiver that does not
-    know Ed25519 still verifies the RSA one. Blocking (CPU)."""
-    present = {name.lower() for name, _ in parse_headers(message[:MAX_HEADER_BYTES])}
-    include = [h for h in SIGNED_HEADERS if h in present]
-    signatures = b""
-    for selector, private_key_pem in keys:
-        key = dkimkeys.load_private_key(private_key_pem)
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                    serialization.NoEncryption())
-            secret, algorithm = base64.b64encode(raw), b"ed25519-sha256"
-        else:
-            secret, algorithm = private_key_pem.encode("ascii"), b"rsa-sha256"
-        signatures += dkim.sign(message, selector.encode(), domain.encode(), secret,
-                                signature_algorithm=algorithm, include_headers=include)
-    return signatures + message
+    """`message` with one DKIM-Signature per (selector, private key PEM) over the usual header
+    fields (see `cloudmail.smtp.dkimsign`). Each signature covers the message as given, so a
+    receiver that does not know Ed25519 still verifies the RSA one. Blocking (CPU)."""
+    return b"".join(dkimsign.sign(message, domain, selector, pem, SIGNED_HEADERS)
+                    for selector, pem in keys) + message
