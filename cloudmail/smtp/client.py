@@ -52,6 +52,8 @@ CHUNK_SIZE = 64 * 1024
 #: RFC 5321 4.5.3.1.5 allows 512 octets per reply line; be generous, not unbounded.
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 200
+#: Seconds to wait for the reply to QUIT (in the background: the result is known by then).
+QUIT_TIMEOUT = 30.0
 
 TlsMode = Literal["none", "opportunistic", "required", "implicit"]
 TlsContext = IOpenSSLClientConnectionCreator | Callable[[str], IOpenSSLClientConnectionCreator]
@@ -427,7 +429,6 @@ class _Delivery:
         if self.auth is not None:
             await self.authenticate(*self.auth)
         results, message = await self.transaction()
-        await self.quit()
         return DeliveryResult(self.host, results, message, self.connection.tls)
 
     async def hello(self) -> None:
@@ -576,14 +577,16 @@ class _Delivery:
         return await self.connection.reply("end of data", 2 * self.connection.timeout)
 
     async def quit(self) -> None:
-        """RFC 5321 4.1.1.10; the delivery is decided already, so a failure here is ignored."""
-        if self.connection.lost:
-            return
-        self.connection.send("QUIT")
+        """RFC 5321 4.1.1.10, after the result is returned (the delivery is decided already:
+        a slow or failed QUIT must not hold back or change it); then close."""
         try:
-            await self.connection.reply("QUIT")
+            if not self.connection.lost:
+                self.connection.send("QUIT")
+                await self.connection.reply("QUIT", min(self.connection.timeout, QUIT_TIMEOUT))
         except SmtpClientError:
             pass
+        finally:
+            self.connection.close()
 
 
 def _positive(reply: Reply) -> bool:
@@ -630,9 +633,9 @@ async def deliver(host: str, port: int, *, helo: str, sender: str, recipients: l
         result = await delivery.run()
     except BaseException:
         connection.abandon()
-        raise
-    finally:
         connection.close()
+        raise
+    defer.ensureDeferred(delivery.quit())
     return result
 
 

@@ -50,6 +50,15 @@ async def fails(sink: SmtpSink, **options) -> SmtpClientError:
     return caught.value
 
 
+async def said_quit(sink: SmtpSink) -> bool:
+    """Whether the client ends with QUIT (sent after `deliver()` returned: wait a moment)."""
+    for _ in range(100):
+        if sink.transcript and sink.transcript[-1] == "QUIT":
+            return True
+        await deferLater(reactor, 0.02, lambda: None)
+    return False
+
+
 def filler(length: int) -> bytes:
     """`length` bytes of text that continue the current line and end with CRLF lines."""
     line = b"x" * 76 + b"\r\n"
@@ -109,7 +118,7 @@ async def test_plain_delivery(smtp_sink):
     assert [(r.address, r.code, r.enhanced) for r in result.recipients] == \
         [("bob@example.com", 250, "2.1.5")]
     assert result.message.code == 250 and result.message.enhanced == "2.0.0"
-    assert sink.transcript[-1] == "QUIT"
+    assert await said_quit(sink)
 
 
 @pytest_twisted.ensureDeferred
@@ -165,7 +174,7 @@ async def test_no_recipient_accepted_sends_no_data(smtp_sink, pipelining):
     result = await send(sink, recipients=("a@example.com", "b@example.com"))
     assert result.message is None and [r.code for r in result.recipients] == [550, 550]
     assert ("DATA" in sink.transcript) is pipelining
-    assert sink.messages == [] and sink.transcript[-1] == "QUIT"
+    assert sink.messages == [] and await said_quit(sink)
 
 
 @pytest_twisted.ensureDeferred
@@ -389,6 +398,19 @@ async def test_no_reply_after_data_waits_twice_the_timeout(smtp_sink):
     assert error.transient and "end of data" in error.text
     assert 0.9 < time.monotonic() - started < 4
     assert len(sink.messages) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_result_does_not_wait_for_the_quit_reply(smtp_sink, monkeypatch):
+    """Regression: the result came only after QUIT's reply, so a server silent after its 250
+    held the outcome back for the whole timeout, and a queue stopped meanwhile recorded a
+    delivered message as deferred (and sent it again). The 250 after the data is the result."""
+    from tests import smtpsink
+    monkeypatch.setattr(smtpsink._SinkProtocol, "smtp_QUIT", lambda self, argument: None)
+    sink = smtp_sink()
+    started = time.monotonic()
+    result = await send(sink, timeout=3)
+    assert result.message.code == 250 and time.monotonic() - started < 1.5
 
 
 @pytest_twisted.ensureDeferred
