@@ -131,16 +131,24 @@ class OutboundQueue(Service):
         self._dispatch()
 
     def stopService(self) -> Deferred[None]:
-        """Take no new work; give deliveries in progress `STOP_GRACE` seconds to be recorded."""
+        """Take no new work; give deliveries in progress `STOP_GRACE` seconds to be recorded.
+        Those still running then are left alone, not cancelled: their entries keep the state
+        of before the attempt and are tried again at the next start."""
         super().stopService()
         self._stopping = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if not self._running:
             return succeed(None)
-        waiting = DeferredList(list(self._running), consumeErrors=True)
-        waiting.addTimeout(STOP_GRACE, self._clock)
-        return waiting.addBoth(lambda _: None)
+        stopped: Deferred[None] = Deferred()
+        grace = self._clock.callLater(STOP_GRACE, stopped.callback, None)
+
+        def all_done(_: Any) -> None:
+            if grace.active():
+                grace.cancel()
+                stopped.callback(None)
+        DeferredList(list(self._running), consumeErrors=True).addCallback(all_done)
+        return stopped
 
     # What the rest of the server uses
 
@@ -302,8 +310,10 @@ class OutboundQueue(Service):
                 del self._per_domain[job.domain]
             self._busy.difference_update((entry.queue_id, r.address) for r in job.recipients)
         if self._entries.get(entry.queue_id) is entry:
-            await self._persist(entry)
-            if not entry.pending and not self._is_busy(entry):
+            finished = not entry.pending and not self._is_busy(entry)
+            if not finished or any(r.status == "failed" for r in entry.recipients):
+                await self._persist(entry)  # when all is delivered, removing is the record
+            if finished:
                 await self._finish(entry)
             else:
                 await self._warn_if_late(entry)
@@ -393,10 +403,11 @@ class OutboundQueue(Service):
                          queue_id=entry.queue_id)
             self._forget(entry)
             await self._run_io(self._store.remove, entry.queue_id)
-            log.info("removed {queue_id}: {delivered} delivered, {failed} failed",
-                     queue_id=entry.queue_id,
-                     delivered=sum(r.status == "delivered" for r in entry.recipients),
-                     failed=len(failed))
+            if failed:
+                log.info("removed {queue_id}: {delivered} delivered, {failed} failed",
+                         queue_id=entry.queue_id,
+                         delivered=sum(r.status == "delivered" for r in entry.recipients),
+                         failed=len(failed))
         finally:
             self._finishing.discard(entry.queue_id)
 

@@ -4,6 +4,8 @@ domain's MX hosts in preference order (RFC 5321 5.1).
 - MX records come from our resolver (twisted.names, `[dns]`), never the system's, so tests and
   air-gapped sites control them. No MX record: the domain itself is the host (implicit MX,
   RFC 5321 5.1). A null MX (RFC 7505) or a domain that does not exist fails at once, for good.
+- Answers are kept `DNS_CACHE_SECONDS` (a queue of mail to one domain asks once, not per
+  message); failures are not kept.
 - Hosts of equal preference are tried in random order (RFC 5321 5.1 "SHOULD randomize"); each
   host's IPv4 then IPv6 addresses. The next host is tried after a connection-level failure (no
   connection, 4xx/5xx greeting, a broken TLS or EHLO, a timeout before the transaction); a
@@ -34,6 +36,10 @@ from cloudmail.smtp import client
 from cloudmail.smtp.client import DeliveryResult, OpportunisticTls, SmtpClientError, TlsMode
 
 log = Logger()
+
+#: Seconds an MX or address answer is reused, and how many answers are kept at most.
+DNS_CACHE_SECONDS = 60.0
+DNS_CACHE_SIZE = 10_000
 
 #: How `deliver` is called: `client.deliver`, or a stand-in in unit tests.
 Deliver = Callable[..., Awaitable[DeliveryResult]]
@@ -89,7 +95,11 @@ class Transport:
 
     def __init__(self, resolver: AsyncResolver, settings: TransportSettings,
                  run_blocking: Callable[[Callable[[], Any]], Any],
-                 deliver: Deliver = client.deliver) -> None:
+                 deliver: Deliver = client.deliver, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._resolver = resolver
         self._settings = settings
         self._run_blocking = run_blocking
@@ -115,7 +125,7 @@ class Transport:
     async def mx_hosts(self, domain: str) -> list[str]:
         """The hosts to try for `domain`: MX exchanges by preference (ties shuffled), the domain
         itself when it has no MX, [] for a null MX. Raises DnsNotFound, DnsTemporaryError."""
-        records = await self._resolver.mx(domain)
+        records = await self._lookup("mx", domain)
         if is_null_mx(records):
             return []
         if not records:
@@ -133,12 +143,24 @@ class Transport:
     async def _addresses(self, host: str) -> list[str]:
         """IPv4 then IPv6 addresses of an MX host; [] when it has none or DNS fails."""
         found: list[str] = []
-        for lookup in (self._resolver.a, self._resolver.aaaa):
+        for kind in ("a", "aaaa"):
             try:
-                found.extend(await lookup(host))
+                found.extend(await self._lookup(kind, host))
             except (DnsNotFound, DnsTemporaryError):
                 continue
         return found
+
+    async def _lookup(self, kind: str, name: str) -> Any:
+        """`self._resolver.<kind>(name)`, answered from the cache while it is fresh."""
+        now = self._clock.seconds()
+        cached = self._cache.get((kind, name))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        answer = await getattr(self._resolver, kind)(name)
+        if len(self._cache) >= DNS_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[(kind, name)] = (now + DNS_CACHE_SECONDS, answer)
+        return answer
 
     async def _via_mx(self, sender: str, domain: str, recipients: list[str], message: Path,
                       hosts: list[str]) -> list[Outcome]:
