@@ -56,6 +56,7 @@ class Mailer:
         copies (default: made here, by us). Raises what delivery or the queue raise; the
         caller answers 451 then.
         """
+        ours = envelope is None  # made here: log what is queued (front ends log their own)
         routes = dict(routes or {})
         for recipient in dict.fromkeys(recipients):
             if recipient not in routes:
@@ -74,6 +75,10 @@ class Mailer:
             sent.queued = await self._queue.enqueue(
                 sender, remote, message,
                 received_from=envelope.client_ip if envelope else "", auth_user=auth_user)
+            if ours:
+                log.info("queued {queue_id} from <{sender}> {size} bytes for {recipients}",
+                         queue_id=sent.queued.queue_id, sender=sender, size=sent.queued.size,
+                         recipients=", ".join(f"<{r}>" for r in remote))
         for refusal in sent.refused:
             log.info("not sent to <{recipient}> from <{sender}>: {reason}",
                      recipient=refusal.address, sender=sender, reason=refusal.reason)

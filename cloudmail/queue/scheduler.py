@@ -33,16 +33,27 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import (Deferred, DeferredList, DeferredLock, ensureDeferred,
-                                    succeed)
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    ensureDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from cloudmail.config import QueueConfig
 from cloudmail.queue.dsn import FailedRecipient, build_dsn, should_bounce
 from cloudmail.queue.relay import Relay
-from cloudmail.queue.store import (QueuedMessage, QueueStore, RecipientState, UnknownQueueId,
-                                   expired, next_delay)
+from cloudmail.queue.store import (
+    QueuedMessage,
+    QueueStore,
+    RecipientState,
+    UnknownQueueId,
+    expired,
+    next_delay,
+)
 from cloudmail.queue.transport import Outcome, Transport
 
 log = Logger()
@@ -167,9 +178,6 @@ class OutboundQueue(Service):
         entry = await self._run_io(self._store.enqueue, sender, recipients, message,
                                    received_from=received_from, auth_user=auth_user)
         self._entries[entry.queue_id] = entry
-        log.info("queued {queue_id} from <{sender}> {size} bytes for {recipients}",
-                 queue_id=entry.queue_id, sender=sender, size=entry.size,
-                 recipients=", ".join(f"<{r}>" for r in recipients))
         self._schedule(entry, entry.created)
         self._dispatch()
         return entry

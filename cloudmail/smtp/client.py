@@ -34,9 +34,14 @@ from typing import Any, BinaryIO, Literal, TypeVar
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import (IDelayedCall, IHandshakeListener,
-                                         IOpenSSLClientConnectionCreator, IPushProducer)
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+)
+from twisted.internet.protocol import Factory
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.basic import LineReceiver
@@ -639,6 +644,19 @@ async def deliver(host: str, port: int, *, helo: str, sender: str, recipients: l
     return result
 
 
+class _OneConnection(Factory):
+    """Builds the one protocol of a connection, without a log line per connection (Twisted's
+    `connectProtocol` logs two: one queue delivery is one log line, not three)."""
+
+    noisy = False
+
+    def __init__(self, protocol: SmtpConnection) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> SmtpConnection:
+        return self._protocol
+
+
 async def _connect(reactor: Any, host: str, port: int, tls: TlsMode,
                    tls_context: TlsContext | None, timeout: float,
                    connect_timeout: float) -> SmtpConnection:
@@ -646,7 +664,7 @@ async def _connect(reactor: Any, host: str, port: int, tls: TlsMode,
     if tls == "implicit":
         endpoint = wrapClientTLS(tls_creator(tls_context, host, verify=True), endpoint)
     connection = SmtpConnection(reactor, timeout)
-    attempt = connectProtocol(endpoint, connection)
+    attempt = endpoint.connect(_OneConnection(connection))
     attempt.addTimeout(connect_timeout, reactor)
     try:
         await attempt
