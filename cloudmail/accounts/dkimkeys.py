@@ -24,6 +24,18 @@ def generate_private_key() -> str:
                              serialization.NoEncryption()).decode("ascii")
 
 
+def generate_ed25519_private_key() -> str:
+    """A new Ed25519 private key (RFC 8463) as PKCS#8 PEM text."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode("ascii")
+
+
+def algorithm(pem: str) -> str:
+    """"rsa" or "ed25519": the kind of DKIM key this PEM text holds."""
+    return "ed25519" if isinstance(load_private_key(pem), ed25519.Ed25519PrivateKey) else "rsa"
+
+
 def load_private_key(pem: str) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
     """Parse a PEM private key that DKIM can sign with (RSA of 1024+ bits, or Ed25519)."""
     try:

@@ -102,6 +102,14 @@ def fields(request: IRequest, required: tuple[str, ...] = (),
     return body
 
 
+def optional_fields(request: IRequest, optional: tuple[str, ...]) -> dict[str, Any]:
+    """Like `fields`, for a body that may also be left out (empty): then no fields."""
+    request.content.seek(0)
+    if not request.content.read().strip():
+        return {}
+    return fields(request, (), optional)
+
+
 def query(request: IRequest, name: str) -> str | None:
     """A query parameter as text; absent or empty is None."""
     values = request.args.get(name.encode("ascii"))
@@ -288,6 +296,22 @@ class AdminApi:
     async def delete_domain(self, request: IRequest, name: str) -> Reply:
         await self.service.delete_domain(name)
         log.info("admin: deleted domain {name}", name=name)
+        return 204, None
+
+    @route(f"{API}/domains/<name>/dkim/rotate", "POST")
+    async def rotate_dkim(self, request: IRequest, name: str) -> Reply:
+        body = optional_fields(request, ("selector", "algorithm"))
+        domain = await self.service.rotate_dkim(name, body.get("selector"),
+                                                body.get("algorithm", "rsa"))
+        signing = [k["selector"] for k in domain["dkim"]["keys"] if k["role"] != "retired"]
+        log.info("admin: rotated a DKIM key of {name}; signing with {selectors}",
+                 name=domain["name"], selectors=", ".join(signing))
+        return 200, domain
+
+    @route(f"{API}/domains/<name>/dkim/<selector>", "DELETE")
+    async def remove_dkim_key(self, request: IRequest, name: str, selector: str) -> Reply:
+        await self.service.remove_dkim_key(name, selector)
+        log.info("admin: removed DKIM key {selector} of {name}", selector=selector, name=name)
         return 204, None
 
     @route(f"{API}/domains/<name>/catchall", "GET")

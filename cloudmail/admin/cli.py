@@ -113,6 +113,25 @@ def relay_text(domain: dict[str, Any]) -> str | None:
     return f"{relay['host']}:{relay['port']} ({relay['tls']})" if relay["host"] else None
 
 
+DKIM_ROLES = {"main": "signing ({algorithm}, main key)",
+              "ed25519": "signing ({algorithm}, second signature)",
+              "retired": "retired since {created} ({algorithm}): not signing; keep it published "
+                         "until mail signed with it has arrived, then dkim-remove it"}
+
+
+def domain_text(domain: dict[str, Any]) -> str:
+    """A domain as `key: value` lines, then each DKIM TXT record to publish as
+    `dkim.keys.SELECTOR.{status,record_name,record}`, saying which keys sign and which are
+    retired."""
+    dkim = dict(domain["dkim"])
+    keys = dkim.pop("keys", [])
+    dkim["keys"] = {k["selector"]: {"status": DKIM_ROLES[k["role"]].format(
+                        algorithm=k["algorithm"], created=when(k["created"]) or "-"),
+                        "record_name": k["record_name"], "record": k["record"]}
+                    for k in keys}
+    return show({**domain, "dkim": dkim})
+
+
 def catchall_text(data: dict[str, Any]) -> str:
     targets = (plain(data["mailboxes"]) if data["mailboxes"]
                else "none (unknown addresses are rejected)")
@@ -237,6 +256,8 @@ def domain_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["dkim_private_key"] = read_text(args.dkim_key_file, "the DKIM key")
     if args.masquerade is not None:
         changes["masquerade"] = args.masquerade == "on"
+    if args.dkim_ed25519 is not None:
+        changes["dkim_ed25519"] = args.dkim_ed25519 == "on"
     companions = (args.relay_username or args.relay_password_stdin or args.relay_tls
                   or args.relay_region is not None)
     if args.no_relay:
@@ -513,20 +534,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = c.noun("domain", "mail domains, their DKIM keys and outbound relays")
     p = c.verb(v, "add", "add a domain (a DKIM key is made for it)",
-               lambda s, a: s.add_domain(a.name))
+               lambda s, a: s.add_domain(a.name), domain_text)
     p.add_argument("name")
     c.verb(v, "list", "list the domains", lambda s, a: s.list_domains(), DOMAINS)
-    p = c.verb(v, "show", "show a domain with the DKIM TXT record to publish",
-               lambda s, a: s.get_domain(a.name))
+    p = c.verb(v, "show", "show a domain with every DKIM TXT record to publish (signing and "
+               "retired keys)", lambda s, a: s.get_domain(a.name), domain_text)
     p.add_argument("name")
+    p = c.verb(v, "dkim-rotate", "make a new DKIM key that signs from now on; the old one stays "
+               "published as retired until dkim-remove",
+               lambda s, a: s.rotate_dkim(a.name, a.selector, a.algorithm), domain_text)
+    p.add_argument("name")
+    p.add_argument("--selector", metavar="S",
+                   help="the new key's selector (default: the old one's with -YYYYMMDD)")
+    p.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
+                   help="rsa: a new main key (default); ed25519: a new Ed25519 key")
+    p = c.verb(v, "dkim-remove", "stop publishing a retired DKIM key (or drop the Ed25519 one)",
+               lambda s, a: s.remove_dkim_key(a.name, a.selector), domain_text)
+    p.add_argument("name")
+    p.add_argument("selector")
     p = c.verb(v, "delete", "delete a domain (it must hold no mailboxes or aliases)",
                lambda s, a: s.delete_domain(a.name), Done("deleted domain {name}"))
     p.add_argument("name")
     p = c.verb(v, "set", "change a domain's DKIM selector or key, masquerading or relay",
-               domain_set)
+               domain_set, domain_text)
     p.add_argument("name")
-    p.add_argument("--dkim-selector", metavar="S", help="the DKIM selector (a DNS label)")
+    p.add_argument("--dkim-selector", metavar="S",
+                   help="rename the main DKIM key's selector (a DNS label)")
     p.add_argument("--dkim-key-file", metavar="PEM", help="an RSA or Ed25519 private key file")
+    p.add_argument("--dkim-ed25519", choices=("on", "off"),
+                   help="sign with an Ed25519 key (selector S-ed25519) next to the main key")
     p.add_argument("--masquerade", choices=("on", "off"),
                    help="let users send as any address of the domain")
     relay = p.add_mutually_exclusive_group()

@@ -11,6 +11,7 @@ import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from cloudmail.accounts import dkimkeys, store
@@ -24,6 +25,11 @@ from cloudmail.threads import ThreadPools
 
 _SELECTOR = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$|^\[[0-9A-Fa-f:.]+\]$")
+#: The date suffix `rotate_dkim` gives new selectors ("-20250501", "-20250501-2"), taken off
+#: the old selector before a new one is made, so selectors do not grow with every rotation.
+_DATED = re.compile(r"-\d{8}(-\d+)?$")
+ED25519_SUFFIX = "-ed25519"
+DKIM_ALGORITHMS = ("rsa", "ed25519")
 
 
 def text(value: Any, field: str, *, optional: bool = False) -> str | None:
@@ -66,8 +72,48 @@ def lookup_address(value: Any, field: str = "address") -> Address:
         raise NotFound(field, f"no such address {value!r}")
 
 
+def dkim_selector(value: Any, field: str = "selector") -> str:
+    """A DKIM selector (one DNS label), lower-cased."""
+    chosen = text(value, field).lower()
+    if not _SELECTOR.match(chosen):
+        raise Invalid(field, f"{value!r} is not a DNS label (a-z, 0-9 and -, at most 63)")
+    return chosen
+
+
+def next_selector(old: str, taken: set[str], today: datetime | None = None) -> str:
+    """The selector a rotation gives the new key when none is asked for: the old one without
+    its date suffix, then "-YYYYMMDD" (UTC), then "-2", "-3"... while that is taken.
+    "cloudmail" → "cloudmail-20250501"; "cloudmail-20250501" → "cloudmail-20250612"."""
+    base = _DATED.sub("", old)
+    stamp = (today or datetime.now(timezone.utc)).strftime("%Y%m%d")
+    n = 1
+    while True:
+        suffix = f"-{stamp}" + (f"-{n}" if n > 1 else "")
+        candidate = base[:63 - len(suffix)].rstrip("-") + suffix
+        if candidate not in taken:
+            return candidate
+        n += 1
+
+
+def dkim_key_json(domain: str, selector: str, pem: str, role: str,
+                  created: str | None) -> dict[str, Any]:
+    """One published DKIM key: where its TXT record goes, the record, and what it does."""
+    return {"selector": selector, "record_name": f"{selector}._domainkey.{domain}",
+            "record": dkimkeys.dns_record(pem), "algorithm": dkimkeys.algorithm(pem),
+            "role": role, "created": created}
+
+
 def domain_json(d: Domain) -> dict[str, Any]:
-    """A domain as the API shows it (secrets left out, the DKIM TXT record added)."""
+    """A domain as the API shows it (secrets left out, the DKIM TXT records added).
+
+    `dkim.selector`/`record_name`/`record` are the main key's; `dkim.keys` lists every key to
+    publish: the main one (role "main", signs), the Ed25519 one ("ed25519", signs too) and the
+    retired ones ("retired": published, no longer signing). A key's `created` is when it took
+    its role (a retired key's: when it was retired); the main key's is not recorded (null)."""
+    keys = [dkim_key_json(d.name, d.dkim_selector, d.dkim_private_key, "main", None)] \
+        if d.dkim_private_key else []
+    keys += [dkim_key_json(d.name, k.selector, k.private_key, k.role, k.created)
+             for k in d.dkim_keys]
     return {
         "name": d.name,
         "created": d.created,
@@ -75,6 +121,7 @@ def domain_json(d: Domain) -> dict[str, Any]:
             "selector": d.dkim_selector,
             "record_name": f"{d.dkim_selector}._domainkey.{d.name}",
             "record": dkimkeys.dns_record(d.dkim_private_key) if d.dkim_private_key else None,
+            "keys": keys,
         },
         "relay": {
             "host": d.relay.host, "port": d.relay.port, "username": d.relay.username,
@@ -158,15 +205,22 @@ class AdminService:
         return domain_json(await self._transact(store.insert_domain, domain, key))
 
     async def update_domain(self, name: Any, changes: dict[str, Any]) -> dict[str, Any]:
-        """Change `dkim_selector`, `dkim_private_key`, `relay` (object or null) or `masquerade`."""
+        """Change `dkim_selector`, `dkim_private_key`, `dkim_ed25519`, `relay` (object or null)
+        or `masquerade`, all in one transaction.
+
+        `dkim_ed25519: true` makes an Ed25519 key that signs next to the main one (RFC 8463),
+        under the selector "<main selector>-ed25519" (409 when that is taken); false removes it.
+        Both are no-ops when already so. A new `dkim_selector` renames the main key only (409
+        when another key of the domain has it): the Ed25519 key keeps its selector, because its
+        record is published under that name already."""
         domain = self._known_domain(name)
         columns: dict[str, Any] = {}
+        ed25519: bool | None = None
         for key, value in changes.items():
             if key == "dkim_selector":
-                selector = text(value, key).lower()
-                if not _SELECTOR.match(selector):
-                    raise Invalid(key, f"{value!r} is not a DNS label")
-                columns["dkim_selector"] = selector
+                columns["dkim_selector"] = dkim_selector(value, key)
+            elif key == "dkim_ed25519":
+                ed25519 = flag(value, key)
             elif key == "dkim_private_key":
                 try:
                     dkimkeys.load_private_key(text(value, key))
@@ -178,9 +232,82 @@ class AdminService:
             elif key == "relay":
                 columns.update(self._relay_columns(value))
             else:
-                raise Invalid(key, "unknown setting (dkim_selector, dkim_private_key, relay, "
-                                   "masquerade)")
-        return domain_json(await self._transact(store.update_domain, domain, columns))
+                raise Invalid(key, "unknown setting (dkim_selector, dkim_private_key, "
+                                   "dkim_ed25519, relay, masquerade)")
+        ed_pem = (await self.pools.run("auth", dkimkeys.generate_ed25519_private_key)
+                  if ed25519 else None)
+
+        def write(conn: sqlite3.Connection) -> Domain:
+            before = store.require_domain(conn, domain, "name")
+            new_selector = columns.get("dkim_selector", before.dkim_selector)
+            if any(k.selector == new_selector for k in before.dkim_keys):
+                raise Conflict("dkim_selector", f"selector {new_selector!r} is in use for "
+                                                f"another DKIM key of {domain}")
+            after = store.update_domain(conn, domain, columns)
+            current = [k for k in after.dkim_keys if k.role == "ed25519"]
+            if ed25519 is False:
+                for k in current:
+                    store.remove_dkim_key(conn, domain, k.selector)
+            elif ed25519 and not current:
+                ed_selector = after.dkim_selector + ED25519_SUFFIX
+                if not _SELECTOR.match(ed_selector):
+                    raise Invalid("dkim_ed25519", f"{ed_selector!r} would be too long for a "
+                                                  "selector; choose a shorter dkim_selector")
+                try:
+                    store.add_dkim_key(conn, domain, ed_selector, ed_pem, "ed25519")
+                except Conflict as e:
+                    raise Conflict("dkim_ed25519", e.message)
+            return store.require_domain(conn, domain, "name")
+        return domain_json(await self._transact(write))
+
+    async def rotate_dkim(self, name: Any, selector: Any = None,
+                          algorithm: Any = "rsa") -> dict[str, Any]:
+        """Replace a signing key by a new one, keeping the old one published as retired (so
+        mail signed with it still verifies) until `remove_dkim_key`.
+
+        "rsa" makes a new RSA 2048 main key; "ed25519" a new Ed25519 key in place of the
+        domain's Ed25519 one (422 naming `algorithm` when it has none). The new key's selector is
+        `selector`, else `next_selector` of the old one (409 naming `selector` when taken)."""
+        domain = self._known_domain(name)
+        kind = text(algorithm, "algorithm")
+        if kind not in DKIM_ALGORITHMS:
+            raise Invalid("algorithm", f"must be one of {', '.join(DKIM_ALGORITHMS)}")
+        chosen = dkim_selector(selector) if selector is not None else None
+        pem = await self.pools.run("auth", dkimkeys.generate_private_key if kind == "rsa"
+                                   else dkimkeys.generate_ed25519_private_key)
+
+        def write(conn: sqlite3.Connection) -> Domain:
+            d = store.require_domain(conn, domain, "name")
+            taken = {d.dkim_selector} | {k.selector for k in d.dkim_keys}
+            if chosen in taken:
+                raise Conflict("selector", f"selector {chosen!r} is in use for {domain} already")
+            if kind == "rsa":
+                return store.rotate_dkim_key(conn, domain, chosen or next_selector(
+                    d.dkim_selector, taken), pem)
+            old = next((k for k in d.dkim_keys if k.role == "ed25519"), None)
+            if old is None:
+                raise Invalid("algorithm", f"{domain} has no Ed25519 key to rotate (set "
+                                           "dkim_ed25519 to make one)")
+            store.remove_dkim_key(conn, domain, old.selector)
+            store.add_dkim_key(conn, domain, old.selector, old.private_key, "retired")
+            return store.add_dkim_key(conn, domain, chosen or next_selector(old.selector, taken),
+                                      pem, "ed25519")
+        return domain_json(await self._transact(write))
+
+    async def remove_dkim_key(self, name: Any, selector: Any) -> dict[str, Any]:
+        """Stop publishing a retired key (or drop the Ed25519 one); the main key cannot be
+        removed (422 naming `selector`): rotate first, then remove it once retired."""
+        domain = self._known_domain(name)
+        chosen = text(selector, "selector").lower()
+
+        def write(conn: sqlite3.Connection) -> Domain:
+            d = store.require_domain(conn, domain, "name")
+            if chosen == d.dkim_selector:
+                raise Invalid("selector", f"{chosen!r} is the main key of {domain}, which signs "
+                                          "its mail; rotate to a new key first, then remove "
+                                          "this one once it is retired")
+            return store.remove_dkim_key(conn, domain, chosen)
+        return domain_json(await self._transact(write))
 
     @staticmethod
     def _relay_columns(value: Any) -> dict[str, Any]:
