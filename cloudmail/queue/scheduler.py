@@ -150,8 +150,10 @@ class OutboundQueue(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if not self._running:
+            self._transport.close()
             return succeed(None)
         stopped: Deferred[None] = Deferred()
+        stopped.addCallback(lambda _: self._transport.close())
         grace = self._clock.callLater(STOP_GRACE, stopped.callback, None)
 
         def all_done(_: Any) -> None:

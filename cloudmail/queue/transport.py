@@ -10,6 +10,8 @@ domain's MX hosts in preference order (RFC 5321 5.1).
   host's IPv4 then IPv6 addresses. The next host is tried after a connection-level failure (no
   connection, 4xx/5xx greeting, a broken TLS or EHLO, a timeout before the transaction); a
   reply to MAIL, RCPT or DATA is the answer for the message.
+- Sessions are kept open a moment for the next message to the same server
+  (`cloudmail.queue.sessions`).
 - A relay gets the whole message whatever the domain, with STARTTLS required (or implicit TLS)
   and AUTH when configured, its certificate checked unless the operator said not to.
 - An MX is reached with opportunistic STARTTLS by default (`[queue] tls`): encrypt when offered,
@@ -21,8 +23,9 @@ The result is one `Outcome` per recipient: accepted, transient (retry) or perman
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from twisted.logger import Logger
 
 from cloudmail.dns import AsyncResolver, DnsNotFound, DnsTemporaryError, is_null_mx
 from cloudmail.queue.relay import Relay
+from cloudmail.queue.sessions import SessionCache
 from cloudmail.smtp import client
 from cloudmail.smtp.client import DeliveryResult, OpportunisticTls, SmtpClientError, TlsMode
 
@@ -41,8 +45,6 @@ log = Logger()
 DNS_CACHE_SECONDS = 60.0
 DNS_CACHE_SIZE = 10_000
 
-#: How `deliver` is called: `client.deliver`, or a stand-in in unit tests.
-Deliver = Callable[..., Awaitable[DeliveryResult]]
 
 
 @dataclass(frozen=True)
@@ -95,15 +97,15 @@ class Transport:
 
     def __init__(self, resolver: AsyncResolver, settings: TransportSettings,
                  run_blocking: Callable[[Callable[[], Any]], Any],
-                 deliver: Deliver = client.deliver, clock: Any = None) -> None:
+                 clock: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
+        self._sessions = SessionCache(clock)
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._resolver = resolver
         self._settings = settings
         self._run_blocking = run_blocking
-        self._deliver = deliver
         self._relay_trust: IOpenSSLClientConnectionCreator | None = None
 
     async def send(self, sender: str, domain: str, recipients: list[str], message: Path,
@@ -173,13 +175,16 @@ class Transport:
             if not addresses:
                 errors.append(f"{host}: no address")
             for ip in addresses:
+                opener = partial(client.open_session, ip, settings.mx_port, helo=settings.helo,
+                                 tls=settings.tls,
+                                 tls_context=lambda _ip, name=host: OpportunisticTls(name),
+                                 timeout=settings.timeout,
+                                 connect_timeout=settings.connect_timeout,
+                                 run_blocking=self._run_blocking)
                 try:
-                    result = await self._deliver(
-                        ip, settings.mx_port, helo=settings.helo, sender=sender,
-                        recipients=recipients, message=message, tls=settings.tls,
-                        tls_context=lambda _ip, name=host: OpportunisticTls(name),
-                        timeout=settings.timeout, connect_timeout=settings.connect_timeout,
-                        run_blocking=self._run_blocking)
+                    result = await self._sessions.send(
+                        (ip, settings.mx_port, settings.tls), opener, sender, recipients,
+                        message)
                 except SmtpClientError as e:
                     if e.command == "MAIL":
                         return self._from_error(recipients, e, host, f"{host}[{ip}]")
@@ -195,12 +200,13 @@ class Transport:
         host = relay.host.strip("[]")
         mode: TlsMode = {"starttls": "required", "tls": "implicit", "none": "none"}[relay.tls]
         where = f"relay {host}:{relay.port}"
+        opener = partial(client.open_session, host, relay.port, helo=settings.helo, tls=mode,
+                         tls_context=self._relay_tls, auth=relay.auth, timeout=settings.timeout,
+                         connect_timeout=settings.connect_timeout,
+                         run_blocking=self._run_blocking)
         try:
-            result = await self._deliver(
-                host, relay.port, helo=settings.helo, sender=sender, recipients=recipients,
-                message=message, tls=mode, tls_context=self._relay_tls, auth=relay.auth,
-                timeout=settings.timeout, connect_timeout=settings.connect_timeout,
-                run_blocking=self._run_blocking)
+            result = await self._sessions.send((host, relay.port, mode, relay.auth), opener,
+                                               sender, recipients, message)
         except SmtpClientError as e:
             return self._from_error(recipients, e, host, where)
         return self._from_result(result, host, where)
@@ -217,6 +223,10 @@ class Transport:
         return ssl.optionsForClientTLS(host, trustRoot=trust,
                                        extraCertificateOptions={
                                            "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+
+    def close(self) -> None:
+        """End the SMTP sessions kept open for the next message (at shutdown)."""
+        self._sessions.close()
 
     @staticmethod
     def _from_result(result: DeliveryResult, host: str, where: str) -> list[Outcome]:

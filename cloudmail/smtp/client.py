@@ -405,25 +405,35 @@ def _check_text(what: str, value: str) -> None:
         raise ValueError(f"{what} {value!r} cannot be sent in an SMTP command")
 
 
-class _Delivery:
-    """The dialogue of `deliver()`, one step per method."""
+class SmtpSession:
+    """One connection, greeted, secured and logged in as asked: ready for transactions, one
+    after another (RFC 5321 3.3), so that a queue of mail to one host pays for the connection,
+    TLS and AUTH once. `opened` counts the transactions begun; `data_sent` says whether the
+    last one got as far as the message (a broken connection before that has delivered
+    nothing, so the message can go through another connection at once)."""
 
-    def __init__(self, connection: SmtpConnection, host: str, helo: str, sender: str,
-                 recipients: list[str], source: _Source, tls: TlsMode,
+    def __init__(self, connection: SmtpConnection, host: str, helo: str, tls: TlsMode,
                  creator: Callable[[bool], IOpenSSLClientConnectionCreator],
-                 auth: tuple[str, str] | None) -> None:
+                 auth: tuple[str, str] | None,
+                 run_blocking: RunBlocking[Any]) -> None:
         self.connection = connection
         self.host = host
         self.helo = helo
-        self.sender = sender
-        self.recipients = recipients
-        self.source = source
         self.tls = tls
         self.creator = creator
         self.auth = auth
+        self.run_blocking = run_blocking
         self.extensions: dict[str, str] = {}
+        self.transactions = 0
+        self.data_sent = False
 
-    async def run(self) -> DeliveryResult:
+    @property
+    def usable(self) -> bool:
+        """True while the connection is open."""
+        return not self.connection.lost
+
+    async def open(self) -> None:
+        """The greeting, EHLO, STARTTLS and AUTH as configured."""
         if self.tls == "implicit":
             await self.connection.start_tls()
         reply = await self.connection.reply("greeting")
@@ -433,8 +443,21 @@ class _Delivery:
         await self.secure()
         if self.auth is not None:
             await self.authenticate(*self.auth)
-        results, message = await self.transaction()
-        return DeliveryResult(self.host, results, message, self.connection.tls)
+
+    async def send(self, sender: str, recipients: list[str],
+                   message: Path | bytes) -> DeliveryResult:
+        """One transaction: `message` from `sender` to `recipients`. Raises SmtpClientError
+        when the connection fails or MAIL is refused, ValueError for an address that cannot go
+        into a command."""
+        if not recipients:
+            raise ValueError("no recipients")
+        for address in (sender, *recipients):
+            _check_text("address", address)
+        source = await _source(message, self.run_blocking)
+        self.transactions += 1
+        self.data_sent = False
+        results, reply = await self.transaction(sender, recipients, source)
+        return DeliveryResult(self.host, results, reply, self.connection.tls)
 
     async def hello(self) -> None:
         """RFC 5321 4.1.1.1: EHLO and its keywords; HELO (no extensions) if EHLO gets 5xx."""
@@ -504,30 +527,32 @@ class _Delivery:
             reply = await self.connection.reply("AUTH")
         return reply
 
-    def mail_command(self) -> str:
+    def mail_command(self, sender: str, recipients: list[str], source: _Source) -> str:
         """MAIL FROM with the parameters the message needs and the server offers."""
         params = []
         if "SIZE" in self.extensions:
             limit = self.extensions["SIZE"].strip()
-            if limit.isdigit() and 0 < int(limit) < self.source.size:
+            if limit.isdigit() and 0 < int(limit) < source.size:
                 raise SmtpClientError(
-                    f"the message ({self.source.size} octets) is over the server's limit "
+                    f"the message ({source.size} octets) is over the server's limit "
                     f"({limit})", enhanced="5.3.4", transient=False, command="MAIL")
-            params.append(f"SIZE={self.source.size}")
-        if self.source.eight_bit and "8BITMIME" in self.extensions:
+            params.append(f"SIZE={source.size}")
+        if source.eight_bit and "8BITMIME" in self.extensions:
             params.append("BODY=8BITMIME")
-        if not (self.sender.isascii() and all(r.isascii() for r in self.recipients)):
+        if not (sender.isascii() and all(r.isascii() for r in recipients)):
             if "SMTPUTF8" not in self.extensions:
                 raise SmtpClientError("non-ASCII address but the server offers no SMTPUTF8",
                                       enhanced="5.6.7", transient=False, command="MAIL")
             params.append("SMTPUTF8")
-        return " ".join([f"MAIL FROM:<{self.sender}>", *params])
+        return " ".join([f"MAIL FROM:<{sender}>", *params])
 
-    async def transaction(self) -> tuple[list[RecipientResult], RecipientResult | None]:
+    async def transaction(self, sender: str, recipients: list[str], source: _Source
+                          ) -> tuple[list[RecipientResult], RecipientResult | None]:
         """MAIL, RCPT per recipient and DATA: in one group with PIPELINING (RFC 2920 3.1), else
-        one by one; the data only when a recipient was accepted."""
-        mail = self.mail_command()
-        rcpts = [f"RCPT TO:<{r}>" for r in self.recipients]
+        one by one; the data only when a recipient was accepted. A transaction that ends
+        without the data is reset (RSET), so the session can take the next one."""
+        mail = self.mail_command(sender, recipients, source)
+        rcpts = [f"RCPT TO:<{r}>" for r in recipients]
         reply = self.connection.reply
         data_reply: Reply | None = None
         if "PIPELINING" in self.extensions:
@@ -547,30 +572,46 @@ class _Delivery:
                 self.connection.send("DATA")
                 data_reply = await reply("DATA")
         results = [RecipientResult.from_reply(address, r)
-                   for address, r in zip(self.recipients, rcpt_replies)]
+                   for address, r in zip(recipients, rcpt_replies)]
         if not _positive(mail_reply) or not any(r.accepted for r in results):
             if data_reply is not None and data_reply.code == 354:
                 await self._empty_data()  # RFC 2920 3.1: a 354 must be answered
+            await self.reset()
             if not _positive(mail_reply):
                 raise SmtpClientError.from_reply("MAIL", mail_reply)
             return results, None
         assert data_reply is not None
         if data_reply.code != 354:
+            await self.reset()
             return results, RecipientResult.from_reply("", data_reply)
-        final = await self.send_data()
+        self.data_sent = True
+        final = await self.send_data(source)
         return results, RecipientResult.from_reply("", final)
+
+    async def reset(self) -> None:
+        """RSET (RFC 5321 4.1.1.5) after a transaction that did not complete; a failure only
+        makes the session unusable."""
+        if self.connection.lost:
+            return
+        self.connection.send("RSET")
+        try:
+            reply = await self.connection.reply("RSET")
+        except SmtpClientError:
+            return
+        if reply.code != 250:
+            self.connection.close()
 
     async def _empty_data(self) -> None:
         self.connection.write(b".\r\n")
         await self.connection.reply("DATA")
 
-    async def send_data(self) -> Reply:
+    async def send_data(self, source: _Source) -> Reply:
         """Stream the message dot-stuffed, waiting whenever the transport is full; the final
         reply may take long (RFC 5321 4.5.3.2.6: twice the timeout, to avoid duplicates)."""
         encoder = DataEncoder()
         self.connection.register_producer()
         try:
-            async with aclosing(self.source.chunks()) as chunks:
+            async with aclosing(source.chunks()) as chunks:
                 async for chunk in chunks:
                     if self.connection.lost:
                         break
@@ -602,45 +643,58 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
-async def deliver(host: str, port: int, *, helo: str, sender: str, recipients: list[str],
-                  message: Path | bytes, tls: TlsMode = "opportunistic",
-                  tls_context: TlsContext | None = None, auth: tuple[str, str] | None = None,
-                  timeout: float = 300.0, connect_timeout: float = 30.0, reactor: Any = None,
-                  run_blocking: RunBlocking[Any] | None = None) -> DeliveryResult:
-    """Deliver `message` (bytes, or a file streamed in chunks) from `sender` ("" for `<>`) to
-    `recipients` at `host`:`port`.
+async def open_session(host: str, port: int, *, helo: str, tls: TlsMode = "opportunistic",
+                       tls_context: TlsContext | None = None,
+                       auth: tuple[str, str] | None = None, timeout: float = 300.0,
+                       connect_timeout: float = 30.0, reactor: Any = None,
+                       run_blocking: RunBlocking[Any] | None = None) -> SmtpSession:
+    """Connect to `host`:`port` and get a session ready for `SmtpSession.send`.
 
     `tls`: "none"; "opportunistic" (STARTTLS when offered, not verified unless `tls_context`
     says so); "required" (STARTTLS or fail, verified against the system's roots unless
     `tls_context` says otherwise); "implicit" (TLS from the start, port 465, verified likewise).
     `tls_context` is a client connection creator, or a function of the host name returning one.
     `auth` is (user, password), sent only inside TLS. `run_blocking` runs file reads off the
-    reactor (default: the reactor's thread pool).
+    reactor (default: the reactor's thread pool). End a session with `quit()`.
 
-    Raises `SmtpClientError` when the connection as a whole fails, `ValueError` for an address
-    or HELO name that cannot go into a command.
+    Raises `SmtpClientError` when the connection fails, `ValueError` for a HELO name that
+    cannot go into a command.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
-    if not recipients:
-        raise ValueError("no recipients")
     _check_text("helo", helo)
-    for address in (sender, *recipients):
-        _check_text("address", address)
     if run_blocking is None:
         run_blocking = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    source = await _source(message, run_blocking)
     connection = await _connect(reactor, host, port, tls, tls_context, timeout, connect_timeout)
-    delivery = _Delivery(connection, host, helo, sender, recipients, source, tls,
-                         partial(tls_creator, tls_context, host), auth)
+    session = SmtpSession(connection, host, helo, tls, partial(tls_creator, tls_context, host),
+                          auth, run_blocking)
     try:
-        result = await delivery.run()
+        await session.open()
     except BaseException:
         connection.abandon()
         connection.close()
         raise
-    defer.ensureDeferred(delivery.quit())
+    return session
+
+
+async def deliver(host: str, port: int, *, helo: str, sender: str, recipients: list[str],
+                  message: Path | bytes, **options: Any) -> DeliveryResult:
+    """Deliver `message` (bytes, or a file streamed in chunks) from `sender` ("" for `<>`) to
+    `recipients` at `host`:`port` over a session of its own (`options` as for
+    `open_session`); QUIT is sent after the result is known."""
+    if not recipients:
+        raise ValueError("no recipients")
+    for address in (sender, *recipients):
+        _check_text("address", address)
+    session = await open_session(host, port, helo=helo, **options)
+    try:
+        result = await session.send(sender, recipients, message)
+    except BaseException:
+        session.connection.abandon()
+        session.connection.close()
+        raise
+    defer.ensureDeferred(session.quit())
     return result
 
 

@@ -284,3 +284,23 @@ async def test_domain_concurrency_is_bounded(outbound, smtp_sink):
                                     MESSAGE)
     await sink.wait_for(12)
     assert most == {"remote.test": 2, "nomx.test": 2}
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_connection_carries_a_queue_of_messages(outbound, smtp_sink):
+    """Messages to one server one after another go over one kept session (one greeting, one
+    STARTTLS); when the server has closed the kept connection, the next message simply takes a
+    new one, and nothing is lost."""
+    sink = smtp_sink(starttls=True)
+    container = await outbound(sink.port)
+    for n in range(3):
+        await container.mailer.send("alice@example.com", [f"r{n}@remote.test"], MESSAGE)
+        await until(lambda: not container.outbound_queue.entries())
+    assert len(sink.messages) == 3 and sink.connections == 1 and sink.transcript.count("STARTTLS") == 1
+    for protocol in list(sink._protocols):
+        protocol.transport.loseConnection()
+    await task.deferLater(reactor, 0.1, lambda: None)
+    await container.mailer.send("alice@example.com", ["r3@remote.test"], MESSAGE)
+    await sink.wait_for(4)
+    assert sink.connections == 2
+    await until(lambda: not container.outbound_queue.entries())
