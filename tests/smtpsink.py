@@ -31,9 +31,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import pwd
 import re
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,3 +526,40 @@ def smtp_sink(tmp_path):
     for sink in sinks:
         pytest_twisted.blockon(sink.stop())
 
+
+#: Postfix's sink (Debian package postfix), a second, independent SMTP server to deliver to.
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+
+@pytest.fixture
+def postfix_sink(tmp_path):
+    """Postfix's `smtp-sink` on a free loopback port, dumping each message to a file in a
+    folder; yields (port, folder). The process is killed afterwards."""
+    if not os.access(SMTP_SINK, os.X_OK):
+        pytest.skip(f"{SMTP_SINK} is missing: install the Debian package postfix "
+                    "(`make test-packages`) to run the smtp-sink test")
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    user = ["-u", pwd.getpwuid(os.geteuid()).pw_name] if os.geteuid() == 0 else []
+    process = subprocess.Popen(
+        [SMTP_SINK, *user, "-h", "postfix-sink.test", "-d", f"{folder}/%M.",
+         f"127.0.0.1:{port}", "10"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"smtp-sink did not start: {process.stdout.read()!r}")
+                time.sleep(0.05)
+        yield port, folder
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        process.stdout.close()

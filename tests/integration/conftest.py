@@ -13,7 +13,7 @@ from cloudmail.app import Container
 from tests.conftest import test_config
 from tests.dnsserver import DnsServer
 from tests.ldapserver import SLAPADD, SLAPD, SlapdServer
-from tests.smtpsink import smtp_sink  # noqa: F401  (the loopback SMTP sink fixture)
+from tests.smtpsink import postfix_sink, smtp_sink  # noqa: F401  (loopback SMTP sinks)
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,7 @@ file — so a message can never end early and smuggle a second one (outbound SMT
 
 from __future__ import annotations
 
-import os
-import pwd
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +23,6 @@ from tests.smtpsink import SmtpSink
 from tests.unit.test_smtp_client_encoder import crlf, stuffed
 
 
-SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "sender@remote.test"
 MESSAGE = b"From: sender@remote.test\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 #: A second envelope and message, as a smuggler would put them after a fake end of data.
@@ -502,40 +498,6 @@ async def test_sink_wait_for(smtp_sink):
 
 
 # --- Postfix's smtp-sink ------------------------------------------------------------------------
-
-@pytest.fixture
-def postfix_sink(tmp_path):
-    """Postfix's `smtp-sink` on a free loopback port, dumping each message to a file in a
-    folder; yields (port, folder). The process is killed afterwards."""
-    if not os.access(SMTP_SINK, os.X_OK):
-        pytest.skip(f"{SMTP_SINK} is missing: install the Debian package postfix "
-                    "(`make test-packages`) to run the smtp-sink test")
-    folder = tmp_path / "dumps"
-    folder.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    user = ["-u", pwd.getpwuid(os.geteuid()).pw_name] if os.geteuid() == 0 else []
-    process = subprocess.Popen(
-        [SMTP_SINK, *user, "-h", "postfix-sink.test", "-d", f"{folder}/%M.",
-         f"127.0.0.1:{port}", "10"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"smtp-sink did not start: {process.stdout.read()!r}")
-                time.sleep(0.05)
-        yield port, folder
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-        process.stdout.close()
-
 
 @pytest_twisted.ensureDeferred
 async def test_postfix_smtp_sink_gets_the_exact_bytes(postfix_sink):

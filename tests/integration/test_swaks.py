@@ -12,6 +12,10 @@ import subprocess
 import uuid
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from tests.integration.test_crash_safety import start_logged
 from tests.integration.test_twistd import provision
@@ -123,3 +127,39 @@ def test_submission_on_587_and_465_with_swaks(tmp_path):
     maildir = tmp_path / "data" / "mail" / "example.com" / "alice"
     assert len(delivered(maildir, "via 587")) == 1 and len(delivered(maildir, "via 465")) == 1
     assert b"DKIM-Signature:" in delivered(maildir, "via 465")[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_swaks_submits_for_another_domain_delivered_to_postfix_smtp_sink(
+        tmp_path, dns_server, postfix_sink):
+    """swaks submits (587, STARTTLS, AUTH) a message for a remote domain: the real twistd
+    queues it, finds the domain's MX in the loopback DNS and delivers it, DKIM-signed, to
+    Postfix's smtp-sink; the queue is then empty."""
+    from tests.integration.conftest import dns_table
+    from tests.integration.test_twistd import free_port, start_server, stop
+    sink_port, dumps = postfix_sink
+    dns = dns_server({"remote.test": {"MX": [(10, "mx.remote.test")]},
+                      "mx.remote.test": {"A": ["127.0.0.1"]}})
+    port = free_port()
+    process, admin, _ = start_server(
+        tmp_path, listen={"submission": f"tcp:{port}:interface=127.0.0.1"},
+        dns=dns_table(dns), queue={"mx_port": sink_port, "connect_timeout": 2, "timeout": 10})
+    try:
+        provision(admin, (tmp_path / "data" / "admin.token").read_text().strip())
+        subject = f"remote {uuid.uuid4()}"
+        result = await deferToThread(subprocess.run, [
+            SWAKS, "--server", "127.0.0.1", "--port", str(port), "--tls", "--auth", "PLAIN",
+            "--auth-user", "alice@example.com", "--auth-password", "long enough",
+            "--from", "alice@example.com", "--to", "carol@remote.test",
+            "--header", f"Subject: {subject}"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout
+        for _ in range(200):
+            arrived = [p.read_bytes() for p in dumps.iterdir()]
+            if arrived and not list((tmp_path / "data" / "queue").glob("*.json")):
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+    finally:
+        stop(process)
+    [dump] = arrived
+    assert f"Subject: {subject}".encode() in dump and b"DKIM-Signature: v=1; a=rsa-sha256" in dump
+    assert b"carol@remote.test" in dump
