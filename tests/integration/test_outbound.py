@@ -24,6 +24,7 @@ from cloudmail.accounts import dkimkeys
 from cloudmail.app import Container
 from tests.conftest import test_config
 from tests.integration.conftest import dns_table
+from tests.dnsserver import SERVFAIL
 from tests.integration.test_smtp_inbound import book, inbox
 
 PASSWORD = "long enough"
@@ -34,6 +35,7 @@ ZONES = {
     "nullmx.test": {"MX": [(0, "")]},
     "backup.test": {"MX": [(10, "dead.backup.test"), (20, "mx.remote.test")]},
     "dead.backup.test": {"A": ["127.0.0.2"]},
+    "broken.test": SERVFAIL,
 }
 MESSAGE = (b"From: Alice <alice@example.com>\r\nTo: Carol <carol@remote.test>\r\n"
            b"Subject: over there\r\nMessage-ID: <m1@example.com>\r\n\r\nHello Carol.\r\n")
@@ -304,3 +306,22 @@ async def test_one_connection_carries_a_queue_of_messages(outbound, smtp_sink):
     await sink.wait_for(4)
     assert sink.connections == 2
     await until(lambda: not container.outbound_queue.entries())
+
+
+@pytest_twisted.ensureDeferred
+async def test_required_tls_and_dns_failures_defer(outbound, smtp_sink):
+    """With `[queue] tls = "required"`, an MX without STARTTLS does not get the message (it
+    waits, deferred); a domain whose DNS fails (SERVFAIL) is deferred too (4.4.3), never
+    bounced at once."""
+    sink = smtp_sink()
+    container = await outbound(sink.port, queue={"tls": "required"})
+    await container.mailer.send("alice@example.com", ["x@remote.test", "y@broken.test"],
+                                MESSAGE)
+    await until(lambda: all(r.attempts for e in container.outbound_queue.entries()
+                            for r in e.recipients))
+    [entry] = container.outbound_queue.entries()
+    states = {r.address: (r.status, r.last_status) for r in entry.recipients}
+    assert states == {"x@remote.test": ("deferred", "4.4.1"),
+                      "y@broken.test": ("deferred", "4.4.3")}
+    assert "STARTTLS is not offered" in entry.recipients[0].last_error
+    assert sink.messages == [] and inbox(container, "alice") == []
