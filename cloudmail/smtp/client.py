@@ -52,8 +52,9 @@ from cloudmail.smtp.replies import Reply
 
 T = TypeVar("T")
 
-#: Files are read and sent in pieces of this size.
+#: Files are read and sent in pieces of this size; files up to SMALL_FILE are read at once.
 CHUNK_SIZE = 64 * 1024
+SMALL_FILE = 4 * CHUNK_SIZE
 #: RFC 5321 4.5.3.1.5 allows 512 octets per reply line; be generous, not unbounded.
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 200
@@ -370,28 +371,41 @@ class _Source:
 
 
 async def _source(message: Path | bytes, run_blocking: RunBlocking[Any]) -> _Source:
-    if isinstance(message, bytes):
-        async def from_memory() -> AsyncIterator[bytes]:
-            for start in range(0, len(message), CHUNK_SIZE):
-                yield message[start:start + CHUNK_SIZE]
-        return _Source(len(message), not message.isascii(), from_memory)
+    """The message as chunks: from memory, or from its file, which is read whole in one
+    thread hop when it is small (most mail) and streamed in `CHUNK_SIZE` pieces otherwise."""
+    if isinstance(message, Path):
+        scanned = await run_blocking(partial(_scan_file, message))
+        if isinstance(scanned, bytes):
+            message = scanned
+        else:
+            size, eight_bit = scanned
+            return _Source(size, eight_bit, partial(_from_file, message, run_blocking))
+    data = message
 
-    async def from_file() -> AsyncIterator[bytes]:
-        file: BinaryIO = await run_blocking(partial(open, message, "rb"))
-        try:
-            while chunk := await run_blocking(partial(file.read, CHUNK_SIZE)):
-                yield chunk
-        finally:
-            file.close()
-
-    size, eight_bit = await run_blocking(partial(_scan_file, message))
-    return _Source(size, eight_bit, from_file)
+    async def from_memory() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), CHUNK_SIZE):
+            yield data[start:start + CHUNK_SIZE]
+    return _Source(len(data), not data.isascii(), from_memory)
 
 
-def _scan_file(path: Path) -> tuple[int, bool]:
-    """The file's size and whether it holds 8-bit octets (runs in a thread)."""
+async def _from_file(path: Path, run_blocking: RunBlocking[Any]) -> AsyncIterator[bytes]:
+    file: BinaryIO = await run_blocking(partial(open, path, "rb"))
+    try:
+        while chunk := await run_blocking(partial(file.read, CHUNK_SIZE)):
+            yield chunk
+    finally:
+        file.close()
+
+
+def _scan_file(path: Path) -> bytes | tuple[int, bool]:
+    """A small file's bytes; for a bigger one, its size and whether it holds 8-bit octets
+    (runs in a thread)."""
     size, eight_bit = 0, False
     with open(path, "rb") as file:
+        first = file.read(SMALL_FILE + 1)
+        if len(first) <= SMALL_FILE:
+            return first
+        size, eight_bit = len(first), not first.isascii()
         while chunk := file.read(CHUNK_SIZE):
             size += len(chunk)
             eight_bit = eight_bit or not chunk.isascii()
