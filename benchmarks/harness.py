@@ -463,3 +463,25 @@ def dns_server(zones: dict[str, Any]) -> Iterator[int]:
         process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+class SmtpError(Exception):
+    """An SMTP reply other than the one expected, or a connection closed early."""
+
+
+async def read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One (possibly multi-line) SMTP reply: (code, last line)."""
+    while True:
+        line = await reader.readline()
+        if len(line) < 4:
+            raise SmtpError(f"connection closed or bad reply {line!r}")
+        if line[3:4] != b"-":
+            return int(line[:3]), line
+
+
+async def expect(reader: asyncio.StreamReader, code: int, what: str) -> bytes:
+    """Read a reply and insist on `code`."""
+    got, line = await read_reply(reader)
+    if got != code:
+        raise SmtpError(f"{what}: {line.strip()!r}")
+    return line

@@ -42,6 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     DOMAIN,
+    SmtpError,
+    expect,
+    read_reply,
     LOCAL,
     add_output_options,
     emit,
@@ -66,27 +69,6 @@ def message(size: int, n: int) -> bytes:
             f"Message-ID: <bench-{n}@client.test>\r\n\r\n").encode()
     line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
     return head + line * max(1, (size - len(head)) // len(line))
-
-
-class SmtpError(Exception):
-    pass
-
-
-async def read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One (possibly multi-line) SMTP reply: (code, last line)."""
-    while True:
-        line = await reader.readline()
-        if len(line) < 4:
-            raise SmtpError(f"connection closed or bad reply {line!r}")
-        if line[3:4] != b"-":
-            return int(line[:3]), line
-
-
-async def expect(reader: asyncio.StreamReader, code: int, what: str) -> bytes:
-    got, line = await read_reply(reader)
-    if got != code:
-        raise SmtpError(f"{what}: {line!r}")
-    return line
 
 
 async def one_message(port: int, body: bytes,

@@ -42,6 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     DOMAIN,
+    SmtpError,
+    expect,
+    read_reply,
     LOCAL,
     PASSWORD,
     REPO,
@@ -206,26 +209,6 @@ def sink_tls() -> ssl.SSLContext:
 
 
 # --- the submission clients --------------------------------------------------------------------
-
-class SmtpError(Exception):
-    pass
-
-
-async def read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    while True:
-        line = await reader.readline()
-        if len(line) < 4:
-            raise SmtpError(f"connection closed or bad reply {line!r}")
-        if line[3:4] != b"-":
-            return int(line[:3]), line
-
-
-async def expect(reader: asyncio.StreamReader, code: int, what: str) -> bytes:
-    got, line = await read_reply(reader)
-    if got != code:
-        raise SmtpError(f"{what}: {line.strip()!r}")
-    return line
-
 
 @dataclasses.dataclass
 class Load:

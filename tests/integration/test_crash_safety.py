@@ -32,13 +32,15 @@ SIZES = (1_500, 20_000, 400_000)  # bytes: small ones for numbers; the big one (
 QUEUE_ID = re.compile(rb"Message accepted as (\w+)")
 
 
-def start_logged(tmp_path: Path, **tables: dict) -> tuple[subprocess.Popen, int, int, Path]:
-    """twistd with an smtp listener, its log in a file (a pipe nobody reads would fill and block
-    the server under load); (process, admin port, smtp port, log path) once /health answers."""
+def start_logged(tmp_path: Path, listener: str = "smtp", **tables: dict
+                 ) -> tuple[subprocess.Popen, int, int, Path]:
+    """twistd with one listener (`listener`, on a free port), its log in a file (a pipe nobody
+    reads would fill and block the server under load); (process, admin port, listener port,
+    log path) once /health answers."""
     for _ in range(3):
-        admin, smtp = free_port(), free_port()
-        config = server_config(tmp_path, admin, listen={"smtp": f"tcp:{smtp}:interface=127.0.0.1"},
-                               **tables)
+        admin, port = free_port(), free_port()
+        config = server_config(tmp_path, admin,
+                               listen={listener: f"tcp:{port}:interface=127.0.0.1"}, **tables)
         log_path = tmp_path / f"twistd-{time.monotonic_ns()}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "cloudmail", "--config",
@@ -48,7 +50,7 @@ def start_logged(tmp_path: Path, **tables: dict) -> tuple[subprocess.Popen, int,
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 get(admin, "/health")
-                return process, admin, smtp, log_path
+                return process, admin, port, log_path
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.1)
         process.kill()

@@ -29,19 +29,15 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 
+from tests.integration.test_crash_safety import start_logged
 from tests.integration.test_twistd import (
-    TWISTD,
-    free_port,
-    get,
     provision,
-    server_config,
 )
 from tests.smtpsink import SinkMessage, SmtpSink
 
@@ -103,31 +99,10 @@ def start_server(tmp_path: Path, dns_port: int, sink_port: int
                  ) -> tuple[subprocess.Popen, int, int, Path]:
     """twistd with the submission listener, our DNS server and the sink as every MX, its log in
     a file; (process, admin port, submission port, log path) once /health answers."""
-    for _ in range(3):
-        admin, submission = free_port(), free_port()
-        config = server_config(
-            tmp_path, admin,
-            listen={"submission": f"tcp:{submission}:interface=127.0.0.1"},
-            dns={"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 1},
-            queue={"mx_port": sink_port, "retry_delays": [0.5], "connect_timeout": 2,
-                   "timeout": 10, "domain_concurrency": 10})
-        log_path = tmp_path / f"twistd-{time.monotonic_ns()}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "cloudmail", "--config",
-                                        str(config)], cwd=tmp_path, stdout=log,
-                                       stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                get(admin, "/health")
-                return process, admin, submission, log_path
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        process.kill()
-        process.wait()
-        if "cannot listen" not in log_path.read_text(errors="replace"):
-            raise AssertionError(f"twistd did not start:\n{log_path.read_text(errors='replace')}")
-    raise AssertionError("no free ports for the listeners")
+    return start_logged(
+        tmp_path, "submission", dns={"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": 1},
+        queue={"mx_port": sink_port, "retry_delays": [0.5], "connect_timeout": 2,
+               "timeout": 10, "domain_concurrency": 10})
 
 
 def make_message(token: str, recipient: str) -> bytes:
