@@ -763,6 +763,11 @@ def run_remote(config: Any, args: argparse.Namespace) -> int:
         return fail(str(e), 1)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    return print_answer(args, result)
+
+
+def print_answer(args: argparse.Namespace, result: Any) -> int:
+    """Print a command's answer (its JSON with `--json`, else its view); exit status 0."""
     if args.json:
         if result is not None:
             print(json.dumps(result, indent=2, ensure_ascii=False))
@@ -804,12 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(130)
     finally:
         container.pools.stopService()
-    if args.json:
-        if result is not None:
-            print(json.dumps(result, indent=2, ensure_ascii=False))
-    else:
-        print(args.view.render(args) if isinstance(args.view, Done) else args.view(result))
-    return 0
+    return print_answer(args, result)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email
 import smtplib
-import ssl
 import time
 
 import dkim
@@ -26,6 +25,7 @@ from tests.conftest import test_config
 from tests.integration.conftest import dns_table
 from tests.dnsserver import SERVFAIL
 from tests.integration.test_smtp_inbound import book, inbox
+from tests.integration.test_submission import tls
 
 PASSWORD = "long enough"
 ZONES = {
@@ -83,13 +83,6 @@ async def until(condition, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         await task.deferLater(reactor, 0.05, lambda: None)
-
-
-def tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 @pytest_twisted.ensureDeferred
