@@ -70,9 +70,11 @@ class Delivered:
     size: int
 
 
-def received_header(envelope: Envelope, hostname: str, recipient: str, when: datetime) -> bytes:
+def received_header(envelope: Envelope, hostname: str, recipient: str | None,
+                    when: datetime) -> bytes:
     """The `Received:` trace header of RFC 5321 4.4, with the TLS version and cipher when used
-    and the protocol named as RFC 3848 says (ESMTPS, ESMTPA, ESMTPSA)."""
+    and the protocol named as RFC 3848 says (ESMTPS, ESMTPA, ESMTPSA); `for <recipient>` when
+    the copy is for one recipient."""
     protocol = (envelope.protocol + ("S" if envelope.tls else "")
                 + ("A" if envelope.authenticated else ""))
     tls = f"\r\n\t(using {envelope.tls})" if envelope.tls else ""
@@ -80,7 +82,8 @@ def received_header(envelope: Envelope, hostname: str, recipient: str, when: dat
               else f"({envelope.client_name} [{envelope.client_ip}])")
     return (f"Received: from {envelope.helo} {client}{tls}"
             f"\r\n\tby {hostname} (cloudmail) with {protocol} id {envelope.queue_id}"
-            f"\r\n\tfor <{recipient}>; {format_datetime(when)}\r\n").encode("utf-8")
+            + (f"\r\n\tfor <{recipient}>" if recipient else "")
+            + f"; {format_datetime(when)}\r\n").encode("utf-8")
 
 
 def trace_headers(envelope: Envelope, hostname: str, mailbox: Address, recipient: str,

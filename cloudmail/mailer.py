@@ -12,11 +12,12 @@ fsynced in the queue.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from twisted.logger import Logger
 
-from cloudmail.delivery import Delivered, Envelope, LocalDelivery
+from cloudmail.delivery import Delivered, Envelope, LocalDelivery, received_header
 from cloudmail.queue.scheduler import OutboundQueue
 from cloudmail.queue.store import QueuedMessage
 from cloudmail.routing import LOCAL, NOT_OURS, Resolution, Router
@@ -72,8 +73,12 @@ class Mailer:
                                     helo=self._hostname, protocol="local")
             sent.delivered = await self._delivery.deliver(envelope, local, message)
         if remote:
+            # RFC 5321 4.4: what we received and pass on carries our trace header.
+            trace = b"" if ours else received_header(
+                envelope, self._hostname, remote[0] if len(remote) == 1 else None,
+                datetime.now(timezone.utc))
             sent.queued = await self._queue.enqueue(
-                sender, remote, message,
+                sender, remote, message, prepend=trace,
                 received_from=envelope.client_ip if envelope else "", auth_user=auth_user)
             if ours:
                 log.info("queued {queue_id} from <{sender}> {size} bytes for {recipients}",

@@ -166,9 +166,10 @@ class OutboundQueue(Service):
     # What the rest of the server uses
 
     async def enqueue(self, sender: str, recipients: list[str], message: bytes | Path, *,
-                      received_from: str = "", auth_user: str | None = None) -> QueuedMessage:
-        """Queue `message` durably for `recipients`; return once it is on disk (then answer
-        250). Raises OSError when it could not be stored, QueueNotReady when stopping."""
+                      prepend: bytes = b"", received_from: str = "",
+                      auth_user: str | None = None) -> QueuedMessage:
+        """Queue `prepend` + `message` durably for `recipients`; return once it is on disk (then
+        answer 250). Raises OSError when it could not be stored, QueueNotReady when stopping."""
         if not self._ready:
             if self._stopping:
                 raise QueueNotReady("the outbound queue is not running")
@@ -178,7 +179,8 @@ class OutboundQueue(Service):
         if self._stopping:
             raise QueueNotReady("the outbound queue is stopping")
         entry = await self._run_io(self._store.enqueue, sender, recipients, message,
-                                   received_from=received_from, auth_user=auth_user)
+                                   prepend=prepend, received_from=received_from,
+                                   auth_user=auth_user)
         self._entries[entry.queue_id] = entry
         self._schedule(entry, entry.created)
         self._dispatch()

@@ -204,11 +204,12 @@ class QueueStore:
         return self.root / (self._checked(queue_id) + _ENVELOPE_SUFFIX)
 
     def enqueue(self, sender: str, recipients: list[str], message: bytes | Path, *,
-                received_from: str = "", auth_user: str | None = None,
+                prepend: bytes = b"", received_from: str = "", auth_user: str | None = None,
                 now: float | None = None) -> QueuedMessage:
         """Store a message for `recipients` (all due at once) and return its entry.
 
-        `message` is the bytes or a file to copy (a spool file; it is left in place). Returns only
+        `message` is the bytes or a file to copy (a spool file; it is left in place), stored
+        after `prepend` (our trace header). Returns only
         when message and envelope are durable, so the caller may answer `250`; on any error what
         was written is removed and the OSError raised (the caller answers `451`).
         """
@@ -216,7 +217,7 @@ class QueueStore:
             raise ValueError("a queued message needs at least one recipient")
         created = time.time() if now is None else now
         self._ensure_root()
-        tmp = self._write_tmp(lambda f: self._copy(f, message))
+        tmp = self._write_tmp(lambda f: (f.write(prepend), self._copy(f, message)))
         try:
             size = tmp.stat().st_size
             queue_id, final = self._link_message(tmp, created)

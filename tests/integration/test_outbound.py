@@ -89,7 +89,8 @@ async def until(condition, timeout: float = 10.0) -> None:
 async def test_submitted_mail_reaches_the_remote_mx_signed_over_tls(outbound, smtp_sink):
     """smtplib submits to a remote and a local recipient: the local copy is in the INBOX at
     once, the remote one reaches the MX found in DNS over opportunistic STARTTLS with our EHLO
-    name, its DKIM signature verifies against the published key, and the entry is gone."""
+    name and our Received: header (RFC 5321 4.4), its DKIM signature verifies against the
+    published key, and the entry is gone."""
     sink = smtp_sink(starttls=True)
     container = await outbound(sink.port)
     container.certs.load()
@@ -109,6 +110,9 @@ async def test_submitted_mail_reaches_the_remote_mx_signed_over_tls(outbound, sm
     [arrived] = await sink.wait_for(1)
     assert arrived.sender == "alice@example.com" and arrived.recipients == ["carol@remote.test"]
     assert arrived.tls and arrived.helo == "mail.example.test"
+    trace = arrived.data[:400]
+    assert trace.startswith(b"Received: from ") and b"with ESMTPSA id " in trace
+    assert b"for <carol@remote.test>;" in trace
     domain = await container.accounts.get_domain("example.com")
     record = dkimkeys.dns_record(domain.dkim_private_key).encode()
     assert dkim.verify(arrived.data, dnsfunc=lambda name, timeout=5: record)
