@@ -27,8 +27,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml | system-packages
 
 test-packages:
 	@{ command -v slapd >/dev/null || [ -x /usr/sbin/slapd ]; } && command -v ldapsearch >/dev/null \
-	  && command -v swaks >/dev/null && [ -x /usr/sbin/smtp-sink ] || \
-	  { $(APT) update -qq && $(APT) install -y -qq slapd ldap-utils swaks postfix; }
+	  && command -v swaks >/dev/null && [ -x /usr/sbin/smtp-sink ] \
+	  && command -v sieve-connect >/dev/null || \
+	  { $(APT) update -qq && $(APT) install -y -qq slapd ldap-utils swaks postfix sieve-connect; }
 
 test: install test-packages
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -125,6 +125,14 @@ class Container:
             return TLSMemoryBIOFactory(self.certs.server_creator(), False, factory)
         return factory
 
+    def managesieve_factory(self) -> Factory:
+        """The `managesieve` listener's factory (4190, STARTTLS): each mailbox's Sieve scripts."""
+        from cloudmail.sieve.managesieve import ManageSieveFactory
+        return ManageSieveFactory(self.config.server.hostname, self.authenticator,
+                                  self.login_throttle, self.mailstore,
+                                  run_blocking=lambda f, *a: self.pools.run("io", f, *a),
+                                  tls_creator=self.certs.server_creator())
+
     @cached_property
     def resolver(self) -> Resolver:
         """DNS for the checks on mail (DNSBL, iprev, SPF, DKIM, DMARC) and for outbound MX."""

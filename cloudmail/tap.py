@@ -78,9 +78,9 @@ class CloudmailService(MultiService):
             elif name in ("imap", "imaps"):
                 Listener(name, description,
                          container.imap_factory(implicit_tls=name == "imaps")).setServiceParent(self)
-            else:
-                log.info("the {name} listener ({description}) comes with a later release; "
-                         "not listening", name=name, description=description)
+            elif name == "managesieve":
+                Listener(name, description,
+                         container.managesieve_factory()).setServiceParent(self)
 
     def _load_certs(self) -> None:
         try:
