@@ -59,7 +59,7 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
     "fileinto", "copy", "reject", "ereject", "envelope", "body", "variables", "vacation",
     "vacation-seconds", "imap4flags", "subaddress", "relational", "comparator-i;ascii-numeric",
     "mailbox", "date", "index", "editheader", "regex", "include", "enotify", "mime",
-    "foreverypart", "encoded-character", "ihave",
+    "foreverypart", "extracttext", "encoded-character", "ihave",
 )
 IMPLICIT_EXTENSIONS: tuple[str, ...] = ("comparator-i;octet", "comparator-i;ascii-casemap")
 
@@ -68,7 +68,8 @@ COMPARATORS = {"i;octet": None, "i;ascii-casemap": None,
 RELATIONAL_OPERATORS = ("gt", "ge", "lt", "le", "eq", "ne")
 DATE_PARTS = ("year", "month", "day", "date", "julian", "hour", "minute", "second", "time",
               "iso8601", "std11", "zone", "weekday")
-ENVELOPE_PARTS = ("from", "to")
+#: "auth" (the logged-in identity) as Dovecot Pigeonhole offers it, besides RFC 5228's two.
+ENVELOPE_PARTS = ("from", "to", "auth")
 
 STRING, STRINGS, NUMBER = "string", "string list", "number"
 
@@ -117,6 +118,13 @@ MATCH = {"is": TagSpec(group="match"), "contains": TagSpec(group="match"),
          "value": TagSpec(STRING, "match", "relational"),
          "regex": TagSpec(None, "match", "regex")}
 COMPARATOR = {"comparator": TagSpec(STRING)}
+#: The modifiers of `set` (RFC 5229 4.1), also taken by `extracttext` (RFC 5703 7).
+MODIFIERS = {"lower": TagSpec(group="case"), "upper": TagSpec(group="case"),
+             "lowerfirst": TagSpec(group="first"), "upperfirst": TagSpec(group="first"),
+             "quotewildcard": TagSpec(group="quote"),
+             "quoteregex": TagSpec(None, "quote", "regex"),
+             "encodeurl": TagSpec(None, None, "enotify"),
+             "length": TagSpec()}
 ADDRESS_PART = {"all": TagSpec(group="address-part"),
                 "localpart": TagSpec(group="address-part"),
                 "domain": TagSpec(group="address-part"),
@@ -165,13 +173,9 @@ COMMANDS: dict[str, Spec] = _specs(
     Spec("removeflag", "imap4flags",
          positional=(("variable name", STRING), ("flags", STRINGS)), optional=1,
          optional_first=True),
-    Spec("set", "variables", {
-        "lower": TagSpec(group="case"), "upper": TagSpec(group="case"),
-        "lowerfirst": TagSpec(group="first"), "upperfirst": TagSpec(group="first"),
-        "quotewildcard": TagSpec(group="quote"),
-        "quoteregex": TagSpec(None, "quote", "regex"),
-        "encodeurl": TagSpec(None, None, "enotify"),
-        "length": TagSpec()}, (("name", STRING), ("value", STRING))),
+    Spec("set", "variables", MODIFIERS, (("name", STRING), ("value", STRING))),
+    Spec("extracttext", "extracttext", _tags(MODIFIERS, first=TagSpec(NUMBER)),
+         (("name", STRING),)),
     Spec("addheader", "editheader", {"last": TagSpec()},
          (("field name", STRING), ("value", STRING))),
     Spec("deleteheader", "editheader", _tags(
@@ -533,6 +537,13 @@ class _Checker:
         if isinstance(label, StringList) and label.values[0] not in loops:
             raise SieveError(label.position, f'no enclosing "foreverypart" is named '
                                              f'"{label.values[0]}"')
+
+    def command_extracttext(self, node, tags, positional, enabled, loops) -> None:
+        """RFC 5703 7: only inside "foreverypart", and it sets a variable."""
+        if not loops:
+            raise SieveError(node.position, '"extracttext" must be inside "foreverypart"')
+        self.need("variables", enabled, node.position, '"extracttext"')
+        self.variable_name(positional[0])
 
     def command_include(self, node, tags, positional, enabled, loops) -> None:
         value = positional[0]
