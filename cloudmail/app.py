@@ -32,11 +32,14 @@ from cloudmail.interfaces import IDirectory
 from cloudmail.mailer import Mailer
 from cloudmail.mailstore.maildir import MaildirStore
 from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
+from cloudmail.srs import Srs
 from cloudmail.queue.relay import Relay
 from cloudmail.queue.scheduler import OutboundQueue
 from cloudmail.queue.store import QueueStore
 from cloudmail.queue.transport import Transport, TransportSettings
 from cloudmail.routing import Router
+from cloudmail.sieve.filter import SieveFilter
+from cloudmail.sieve.followups import FollowUpSender
 from cloudmail.smtp.inbound import InboundBackend
 from cloudmail.smtp.protocol import Limits, SmtpFactory
 from cloudmail.smtp.sending import SubmissionBackend
@@ -96,9 +99,27 @@ class Container:
 
     @cached_property
     def delivery(self) -> LocalDelivery:
-        delivery = LocalDelivery(self.mailstore, self.pools, self.config.server.hostname)
+        """Local delivery with each mailbox's Sieve script; what scripts send goes out through
+        the mailer (which needs the delivery: wired here, after both exist)."""
+        data_dir = self.config.server.data_dir
+        delivery = LocalDelivery(self.mailstore, self.pools, self.config.server.hostname,
+                                 sieve=SieveFilter(self.mailstore, data_dir / "sieve-global"))
         delivery.observers.append(self._delivered)
+        delivery.send_followups = lambda followups: self.followups.send(followups)
         return delivery
+
+    @cached_property
+    def followups(self) -> FollowUpSender:
+        """Sends Sieve redirects (with SRS), vacation replies, notifications and bounces."""
+        return FollowUpSender(self.mailer, self.srs, self.accounts, self.mailstore,
+                              lambda f, *a: self.pools.run("io", f, *a),
+                              self.config.server.hostname)
+
+    @cached_property
+    def srs(self) -> Srs:
+        """Sender rewriting for forwarded mail, with a secret made on first use (mode 0600)."""
+        secret = ensure_token(self.config.server.data_dir / "srs.secret")
+        return Srs(secret.encode("ascii"), self.config.server.hostname)
 
     def _delivered(self, copies: list[Delivered]) -> None:
         """Open IMAP sessions see a new message at once (IDLE), not at their next poll."""

@@ -33,7 +33,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from cloudmail.delivery import Envelope as DeliveryEnvelope
-from cloudmail.delivery import LocalDelivery
+from cloudmail.delivery import LocalDelivery, Rejected
 from cloudmail.dns import AsyncResolver
 from cloudmail.errors import DirectoryUnavailable
 from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
@@ -285,6 +285,10 @@ class InboundBackend:
         try:
             delivered = await self._delivery.deliver(delivery_envelope, local, content,
                                                      headers=results, junk=junk)
+        except Rejected as e:  # the recipient's Sieve script (RFC 5429 2.1: at SMTP time)
+            return self._refuse(queue_id, session, envelope,
+                                replies.sieve_rejected(e.reason),
+                                f"Sieve reject: {e.reason}")
         except Exception as e:  # noqa: BLE001 -- any failure to store means "try again"
             log.failure("delivery of {queue_id} failed; answered 451", queue_id=queue_id)
             return self._refuse(queue_id, session, envelope, replies.LOCAL_ERROR, str(e))

@@ -125,6 +125,8 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum messag
 #: RFC 6531 3.5: a UTF-8 address without the SMTPUTF8 parameter.
 UTF8_NOT_ALLOWED = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+#: RFC 5429 2.1: the recipient's Sieve script rejected the message (see `sieve_rejected`).
+SIEVE_REJECTED = Reply(550, "5.7.1", "Message rejected by the recipient's filter")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 #: RFC 5321 2.3.8: bare CR or LF in the message — the door to SMTP smuggling.
 BARE_LINE_ENDING = Reply(554, "5.6.0", "Message contains a bare CR or LF (RFC 5321 2.3.8)")
@@ -133,3 +135,10 @@ DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Message contains a line that is too lo
 TRANSACTION_FAILED = Reply(554, "5.0.0", "Transaction failed")
 #: RFC 5321 4.1.1.11: MAIL/RCPT parameters not recognized or not implemented.
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Parameter not recognized")
+
+
+def sieve_rejected(reason: str) -> Reply:
+    """`SIEVE_REJECTED` with the script's reason as one reply line: printable ASCII, at most
+    200 characters (RFC 5429 2.1 lets the reason be the reply text)."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in " ".join(reason.split()))[:200]
+    return SIEVE_REJECTED.with_text(text) if text else SIEVE_REJECTED

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from cloudmail.address import AddressError, normalize_domain, parse_address
 from cloudmail.delivery import Envelope as DeliveryEnvelope
+from cloudmail.delivery import Rejected
 from cloudmail.errors import DirectoryUnavailable, NotFound
 from cloudmail.interfaces import IAccounts
 from cloudmail.mailer import Mailer
@@ -134,14 +135,19 @@ class SubmissionBackend:
         message = await sign_as_author(self._accounts, self._run_in_thread, message, authors[0])
         routes: dict[str, Resolution] = envelope.notes.get(ROUTES, {})
         tls = f"{session.tls_version} {session.tls_cipher}" if session.tls else None
-        sent = await self._mailer.send(
-            envelope.sender, [r for r in envelope.recipients if r in routes], message,
-            envelope=DeliveryEnvelope(
-                queue_id=queue_id, sender=envelope.sender, client_ip=session.peer_ip,
-                client_name="unknown",
-                helo="client" if self._hide_client else session.helo or "unknown",
-                tls=tls, authenticated=True, hide_client=self._hide_client),
-            routes=routes, auth_user=login)
+        try:
+            sent = await self._mailer.send(
+                envelope.sender, [r for r in envelope.recipients if r in routes], message,
+                envelope=DeliveryEnvelope(
+                    queue_id=queue_id, sender=envelope.sender, client_ip=session.peer_ip,
+                    client_name="unknown",
+                    helo="client" if self._hide_client else session.helo or "unknown",
+                    tls=tls, authenticated=True, hide_client=self._hide_client),
+                routes=routes, auth_user=login)
+        except Rejected as e:  # a local recipient's Sieve script said no (RFC 5429 2.1)
+            log.info("rejected {queue_id} by {login}: Sieve reject: {reason}",
+                     queue_id=queue_id, login=login, reason=e.reason)
+            return replies.sieve_rejected(e.reason)
         queued = sent.queued.queue_id if sent.queued else None
         log.info("submitted {queue_id} by {login} [{client_ip}] from <{sender}> {size} bytes to "
                  "{mailboxes}{remote}", queue_id=queue_id, login=login,
