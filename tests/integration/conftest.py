@@ -68,3 +68,6 @@ def dns_server():
 
 def dns_table(server: DnsServer, timeout: float = 0.5) -> dict:
     return {"nameservers": [f"127.0.0.1:{server.port}"], "timeout": timeout}
+
+
+from tests.outbound import outbound  # noqa: E402, F401  (a container with its queue running)

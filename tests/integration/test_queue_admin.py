@@ -1,6 +1,6 @@
 """The outbound queue and the test message through the admin API and `cloudmail-admin`.
 
-Each test runs a container with its outbound queue (the `outbound` fixture of test_outbound: a
+Each test runs a container with its outbound queue (the `outbound` fixture of tests/outbound.py: a
 loopback DNS server and the SMTP sink as `remote.test`'s MX) and its `AdminApi` on a real
 loopback port. The sink answers RCPT with 451 until the test lets it accept, so messages stay
 queued. The CLI tests run the real command in a subprocess (in a thread, the server being in
@@ -29,13 +29,11 @@ from cloudmail.accounts import dkimkeys
 from cloudmail.admin.api import AdminApi
 from cloudmail.app import Container
 from tests.conftest import write_config
-from tests.integration import test_outbound
 from tests.integration.test_admin_api import Client, declared_statuses
-from tests.integration.test_outbound import MESSAGE, until
+from tests.integration.test_outbound import MESSAGE
 from tests.integration.test_smtp_inbound import inbox
+from tests.outbound import until
 from tests.smtpsink import SmtpSink
-
-outbound = test_outbound.outbound
 
 LATER = (451, "4.2.0 try later")
 OK = (250, "2.1.5 ok")

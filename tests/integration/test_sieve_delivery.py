@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 
 from cloudmail.address import Address
 from cloudmail.sieve.scripts import ScriptStore
-from tests.integration.test_outbound import outbound, until  # noqa: F401  (a fixture)
+from tests.outbound import until
 
 MESSAGE = (b"From: Dave <dave@remote.test>\r\nTo: alice@example.com\r\n"
            b"Subject: project report\r\nMessage-ID: <r1@remote.test>\r\n\r\nThe report.\r\n")
