@@ -404,6 +404,37 @@ async def test_quotas(container, sieve_factory, managesieve):
 SIEVE_CONNECT = shutil.which("sieve-connect")
 
 
+@pytest_twisted.ensureDeferred
+async def test_uploaded_script_files_mail_delivered_over_smtp(container, managesieve):
+    """A script uploaded and activated over ManageSieve decides where mail delivered over SMTP
+    lands: here into a folder it creates; other mail stays in INBOX."""
+    import smtplib
+    await book(container)
+    script = ('require ["fileinto", "mailbox"];\n'
+              'if header :contains "subject" "invoice" { fileinto :create "Bills"; }\n')
+
+    def upload():
+        c = session(managesieve)
+        assert c.command(b'PUTSCRIPT "bills" ' + literal(script)).status == "OK"
+        assert c.command(b'SETACTIVE "bills"').status == "OK"
+        c.close()
+    await deferToThread(upload)
+    port = reactor.listenTCP(0, container.smtp_factory(), interface="127.0.0.1")
+
+    def send(subject):
+        with smtplib.SMTP("127.0.0.1", port.getHost().port, timeout=10) as client:
+            client.sendmail("dave@remote.test", ["alice@example.com"],
+                            f"From: dave@remote.test\r\nSubject: {subject}\r\n\r\nHi\r\n")
+    try:
+        await deferToThread(send, "Your invoice 42")
+        await deferToThread(send, "Lunch?")
+    finally:
+        await port.stopListening()
+    home = maildir(container)
+    assert len(os.listdir(home / ".Bills" / "new")) == 1
+    assert len(os.listdir(home / "new")) == 1
+
+
 def sieve_connect(port: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [SIEVE_CONNECT, "--server", "127.0.0.1", "--port", str(port), "--nosrv",
