@@ -492,6 +492,27 @@ class AdminApi:
                  where=f"queued as {sent['queue_id']}" if sent["queue_id"] else "delivered here")
         return 202, sent
 
+    # Sieve
+
+    @route(f"{API}/sieve/test", "POST")
+    async def test_sieve(self, request: IRequest) -> Reply:
+        """The Sieve dry run (`cloudmail.sieve.dryrun`): what delivery to a fresh mailbox would
+        do with the message; a script that does not compile is an answer too (200)."""
+        from cloudmail.sieve.dryrun import dry_run
+
+        body = fields(request, ("script", "message", "from", "to"))
+        for name in ("script", "message", "from", "to"):
+            if not isinstance(body[name], str):
+                raise BadRequest(name, "must be a string")
+            try:
+                body[name].encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest(name, "must be valid Unicode text (no lone surrogates)")
+        result = await self.container.pools.run(
+            "io", dry_run, body["script"], body["message"].encode("utf-8"), body["from"],
+            body["to"])
+        return 200, result.as_json()
+
     # What no route answers
 
     @_app.handle_errors(http.HTTPException)

@@ -13,6 +13,11 @@ call its admin API instead: over HTTP on loopback at the `[listen] admin` addres
 bearer token from `[admin] token_file`. When nobody answers there they say the server is not
 running (exit 1).
 
+`sieve test` (the Sieve dry run, `cloudmail.sieve.dryrun`) needs neither: it reads its files and
+runs the script in this process, without the config, the database or the server. Its action
+lines are its answer (exit 0), also `error: compile` and `error: runtime`; a compile error is
+also printed on stderr as `SCRIPT:LINE:COLUMN: message`.
+
 With `--json`, commands that delete print nothing (the service returns nothing); errors are
 always one line on stderr. Exit status: 0 done; 1 the request could not be done (ServiceError,
 unavailable directory, unreadable or malformed input file); 2 usage or configuration error;
@@ -31,14 +36,16 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cloudmail.admin.service import AdminService, ImportRow
-from cloudmail.app import Container
 from cloudmail.config import load_config
 from cloudmail.database import SchemaTooNew
 from cloudmail.errors import ConfigError, DirectoryUnavailable, ServiceError
 from cloudmail.queue.relay import PROVIDERS
+
+if TYPE_CHECKING:
+    from cloudmail.app import Container
 
 PROG = "cloudmail-admin"
 IMPORT_COLUMNS = ("username", "password", "password_hash", "display_name", "mailboxes", "aliases")
@@ -466,6 +473,44 @@ def send_test(c: AdminClient, a: argparse.Namespace) -> Any:
     return c.request("POST", "/api/v1/mail/test", body)
 
 
+def sieve_test(args: argparse.Namespace) -> int:
+    """`sieve test`: the dry run of a script on a message file; prints one action per line (or
+    the JSON with `--json`). Exit 0 whatever the script does, 1 for an unreadable file."""
+    from cloudmail.sieve.dryrun import dry_run
+
+    try:
+        script = read_text(args.script, "the Sieve script")
+        message = read_message(args.message)
+    except CommandError as e:
+        return fail(str(e), 1)
+    personal = Path(args.personal) if args.personal is not None else None
+    global_ = Path(args.global_dir) if args.global_dir is not None else None
+    result = dry_run(script, message, args.sender, args.recipient, personal=personal,
+                     global_=global_)
+    if result.error is not None:
+        position = result.error.position
+        print(f"{args.script}:{position.line}:{position.column}: {result.error.message}",
+              file=sys.stderr)
+    elif result.runtime_error is not None:
+        print(f"{args.script}: runtime error: {result.runtime_error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    else:
+        for line in result.lines:
+            print(line)
+    return 0
+
+
+def read_message(path: str) -> bytes:
+    """The message file as bytes ("-": standard input)."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read the message: {e.strerror or e}")
+
+
 def remote(parser: argparse.ArgumentParser, run: Callable[[AdminClient, argparse.Namespace], Any],
            view: Any = show) -> argparse.ArgumentParser:
     """Mark a command as one the running server does, through its admin API."""
@@ -694,6 +739,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sender, an address of one of our domains (default postmaster@ the "
                         "first domain)")
 
+    v = c.noun("sieve", "Sieve filter scripts")
+    p = v.add_parser(
+        "test", allow_abbrev=False,
+        help="dry-run a Sieve script on a message file: print what delivery would do",
+        description="Run a Sieve script on a message with the envelope given, as delivery to a\n"
+                    "fresh mailbox (folders INBOX, Junk and Archive, no vacation history) would,\n"
+                    "and print what delivery would do, one action per line:\n\n"
+                    "  keep [flags=\"F1 F2\"]\n"
+                    "  fileinto \"MAILBOX\" [create] [flags=\"F1 F2\"]\n"
+                    "  redirect \"ADDRESS\" [suppressed=\"mail-loop\"]\n"
+                    "  discard\n"
+                    "  reject \"REASON\"\n"
+                    "  vacation to=\"ADDR\" from=\"ADDR\" subject=\"SUBJECT\" seconds=N "
+                    "[handle=\"HANDLE\"] reason=\"TEXT\"\n"
+                    "  vacation suppressed=\"WHY\"\n"
+                    "  notify method=\"mailto\" [from=\"ADDR\"] [importance=N] "
+                    "[message=\"TEXT\"] [to=\"A,B\"] [cc=\"A,B\"]\n"
+                    "  error: compile\n"
+                    "  error: runtime\n\n"
+                    "The implicit keep is the last line when it happens; after error: runtime\n"
+                    "comes the fallback keep. A compile error is also printed on stderr as\n"
+                    "SCRIPT:LINE:COLUMN: message. Needs neither the server nor its database.",
+        epilog="example:\n  cloudmail-admin sieve test filter.sieve mail.eml "
+               "--from bob@example.org --to alice@example.com",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=None, local=sieve_test)
+    p.add_argument("script", metavar="SCRIPT", help="the Sieve script file (UTF-8)")
+    p.add_argument("message", metavar="MESSAGE", help="the message file (\"-\": stdin)")
+    p.add_argument("--from", dest="sender", metavar="ADDR", required=True,
+                   help="the envelope sender (MAIL FROM); \"<>\" or \"\" for none")
+    p.add_argument("--to", dest="recipient", metavar="ADDR", required=True,
+                   help="the envelope recipient (RCPT TO), the mailbox's own address")
+    p.add_argument("--personal", metavar="DIR",
+                   help="where `include` finds personal scripts (DIR/NAME.sieve)")
+    p.add_argument("--global", dest="global_dir", metavar="DIR",
+                   help="where `include :global` finds global scripts (DIR/NAME.sieve)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print {\"actions\": [...], \"error\": ...} instead of the lines")
+
     p = c.nouns.add_parser(
         "import", allow_abbrev=False,
         help="create users with mailboxes and aliases from a CSV file",
@@ -779,6 +863,8 @@ def print_answer(args: argparse.Namespace, result: Any) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit status. Runs the reactor, so only once per process."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "local", None) is not None:
+        return args.local(args)
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -789,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
         read_inputs(args)
     except CommandError as e:
         return fail(str(e), 1)
+    from cloudmail.app import Container
+
     container = Container(config)
     try:
         container.prepare_data_dir()
