@@ -118,8 +118,8 @@ class Container:
     @cached_property
     def srs(self) -> Srs:
         """Sender rewriting for forwarded mail, with a secret made on first use (mode 0600)."""
-        secret = ensure_token(self.config.server.data_dir / "srs.secret")
-        return Srs(secret.encode("ascii"), self.config.server.hostname)
+        path = self.config.server.data_dir / "srs.secret"
+        return Srs(lambda: ensure_token(path).encode("ascii"), self.config.server.hostname)
 
     def _delivered(self, copies: list[Delivered]) -> None:
         """Open IMAP sessions see a new message at once (IDLE), not at their next poll."""
@@ -193,7 +193,8 @@ class Container:
                               max_received_headers=smtp.max_received_headers,
                               authenticate=smtp.authenticate,
                               hostname=self.config.server.hostname,
-                              run_in_thread=lambda f, *a: self.pools.run("io", f, *a))
+                              run_in_thread=lambda f, *a: self.pools.run("io", f, *a),
+                              srs=self.srs, mailer=self.mailer)
 
     def smtp_factory(self) -> SmtpFactory:
         """The MX listener's factory: routing at RCPT, local delivery after DATA, STARTTLS."""

@@ -17,9 +17,11 @@ old, so nobody can use the reverse path as an open relay.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 
 BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 TIME_SLOTS = 1024
@@ -35,9 +37,15 @@ class SrsError(ValueError):
 class Srs:
     """Rewriting for `domain` (ours) with `secret` (kept, mode 0600, in the data folder)."""
 
-    def __init__(self, secret: bytes, domain: str) -> None:
-        self._secret = secret
+    def __init__(self, secret: bytes | Callable[[], bytes], domain: str) -> None:
+        self._secret_source = secret
         self.domain = domain
+
+    @functools.cached_property
+    def _secret(self) -> bytes:
+        """The secret, read (or made) on first use, not at start-up (before privileges drop)."""
+        source = self._secret_source
+        return source if isinstance(source, bytes) else source()
 
     def forward(self, address: str, now: float | None = None) -> str:
         """The address to use as the envelope sender when forwarding mail from `address`.

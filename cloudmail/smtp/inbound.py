@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from cloudmail.delivery import Envelope as DeliveryEnvelope
 from cloudmail.delivery import LocalDelivery, Rejected
+from cloudmail.srs import Srs, SrsError
 from cloudmail.dns import AsyncResolver
 from cloudmail.errors import DirectoryUnavailable
 from cloudmail.policy.blocklist import Blocklist, SenderBlocklist
@@ -47,6 +48,9 @@ from cloudmail.smtp.protocol import Envelope, MailParams, Session
 from cloudmail.smtp.replies import Reply
 from cloudmail.smtp.spool import SpooledMessage
 
+if TYPE_CHECKING:
+    from cloudmail.mailer import Mailer
+
 log = Logger()
 _ids = random.Random()
 
@@ -58,6 +62,11 @@ DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client host blocked by 
 SENDER_BLOCKED = Reply(550, "5.7.1", "Sender address rejected: blocked here")
 DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by the sender domain's DMARC policy")
 ROUTES = "routes"
+#: Notes key: our SRS addresses in RCPT and the original senders they stand for.
+RETURNS = "srs-returns"
+#: An SRS address takes bounces only: anything else to it would make us an open relay.
+SRS_BOUNCES_ONLY = Reply(550, "5.7.1", "This address only takes delivery status "
+                                       "notifications (null sender)")
 """The envelope note holding each accepted recipient's `Resolution`, found at RCPT."""
 MAX_REASON = 200
 """Characters of a DNSBL's TXT reason quoted in the reply (it is the zone's text, not ours)."""
@@ -119,7 +128,8 @@ class InboundBackend:
                  sender_blocklist: SenderBlocklist | None = None,
                  max_received_headers: int = 50, authenticate: bool = False,
                  hostname: str = "localhost",
-                 run_in_thread: Callable[..., Deferred[Any]] = deferToThread) -> None:
+                 run_in_thread: Callable[..., Deferred[Any]] = deferToThread,
+                 srs: Srs | None = None, mailer: Mailer | None = None) -> None:
         if resolver is None and (dnsbl_zones or iprev or authenticate):
             raise ValueError("DNSBL, iprev and SPF/DKIM/DMARC checks need a resolver")
         self._authenticate = authenticate
@@ -133,6 +143,8 @@ class InboundBackend:
         self._ip_blocklist = ip_blocklist
         self._sender_blocklist = sender_blocklist
         self._max_received = max_received_headers
+        self._srs = srs
+        self._mailer = mailer
         #: Connection-time findings by session id; entries leave with their session.
         self.checks: dict[str, ClientChecks] = {}
 
@@ -205,8 +217,15 @@ class InboundBackend:
         return replies.SENDER_OK
 
     async def rcpt_to(self, session: Session, address: str) -> Reply:
-        """Accept only addresses that route to local mailboxes (RFC 5321 3.6.1: no relaying);
-        the route is kept in the transaction's notes for delivery."""
+        """Accept only addresses that route to local mailboxes (RFC 5321 3.6.1: no relaying),
+        and bounces to our SRS addresses; the route is kept in the transaction's notes."""
+        if self._srs is not None and self._mailer is not None:
+            original = self._srs_original(address)
+            if original is not None:
+                if session.envelope is None or session.envelope.sender:
+                    return SRS_BOUNCES_ONLY
+                session.envelope.notes.setdefault(RETURNS, {})[address] = original
+                return replies.RECIPIENT_OK
         try:
             resolution = await self._router.resolve(address)
         except DirectoryUnavailable:
@@ -222,6 +241,17 @@ class InboundBackend:
         if resolution.kind == INVALID:
             return replies.BAD_RECIPIENT_SYNTAX
         return replies.NO_SUCH_USER
+
+    def _srs_original(self, address: str) -> str | None:
+        """The original sender behind one of our valid SRS addresses (a bounce of a message a
+        Sieve redirect forwarded), else None."""
+        assert self._srs is not None
+        if address.rpartition("@")[2].lower() != self._srs.domain:
+            return None
+        try:
+            return self._srs.reverse(address)
+        except SrsError:
+            return None
 
     async def _routes(self, envelope: Envelope) -> list[Resolution]:
         """The local route of each distinct recipient: the one found at RCPT, else found now."""
@@ -247,7 +277,8 @@ class InboundBackend:
             local = await self._routes(envelope)
         except DirectoryUnavailable:
             return self._refuse(queue_id, session, envelope, DIRECTORY_DOWN, "directory down")
-        if not local:
+        returns: dict[str, str] = envelope.notes.get(RETURNS, {})
+        if not local and not returns:
             return self._refuse(queue_id, session, envelope, replies.NO_VALID_RECIPIENTS,
                                 "no recipient routes anywhere any more")
         for resolution in local:
@@ -283,8 +314,15 @@ class InboundBackend:
                                              protocol="ESMTP" if session.esmtp else "SMTP",
                                              tls=tls)
         try:
-            delivered = await self._delivery.deliver(delivery_envelope, local, content,
-                                                     headers=results, junk=junk)
+            delivered = await self._delivery.deliver(
+                delivery_envelope, local, content, headers=results, junk=junk) if local else []
+            if returns:
+                assert self._mailer is not None
+                sent = await self._mailer.send("", list(dict.fromkeys(returns.values())),
+                                               content, envelope=delivery_envelope)
+                log.info("returned bounce {queue_id} to {senders} (queued as {queued})",
+                         queue_id=queue_id, senders=", ".join(returns.values()),
+                         queued=sent.queued.queue_id if sent.queued else "-")
         except Rejected as e:  # the recipient's Sieve script (RFC 5429 2.1: at SMTP time)
             return self._refuse(queue_id, session, envelope,
                                 replies.sieve_rejected(e.reason),

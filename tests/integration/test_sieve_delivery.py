@@ -116,6 +116,26 @@ async def test_redirect_goes_out_signed_with_srs_and_loops_stop(mx):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_bounce_to_our_srs_address_returns_to_the_original_sender(mx):
+    """The receiver of a forward bounces to our SRS address: we take it (null sender only)
+    and queue it back to the original sender; a forged or non-bounce use is refused."""
+    container, port, sink = mx
+    srs_address = container.srs.forward("dave@remote.test")
+    bounce = b"From: MAILER-DAEMON@remote.test\r\nSubject: Undelivered\r\n\r\nNo.\r\n"
+    assert await deferToThread(send, port, [srs_address], bounce, "") == {}
+    [returned] = await sink.wait_for(1)
+    assert returned.sender == "" and returned.recipients == ["dave@remote.test"]
+    assert b"Subject: Undelivered" in returned.data
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        await deferToThread(send, port, [srs_address], bounce, "spammer@remote.test")
+    assert refused.value.recipients[srs_address][0] == 550
+    forged = srs_address.replace("=dave@", "=mallory@")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        await deferToThread(send, port, [forged], bounce, "")
+    assert refused.value.recipients[forged][0] == 554
+
+
+@pytest_twisted.ensureDeferred
 async def test_vacation_replies_once_and_never_to_lists(mx):
     """A vacation reply goes to the sender from <> with Auto-Submitted, once per period; mail
     from a mailing list gets none; the original is kept."""
