@@ -101,9 +101,12 @@ class Container:
     def delivery(self) -> LocalDelivery:
         """Local delivery with each mailbox's Sieve script; what scripts send goes out through
         the mailer (which needs the delivery: wired here, after both exist)."""
-        data_dir = self.config.server.data_dir
+        sieve = self.config.sieve
+        scripts = SieveFilter(self.mailstore,
+                              sieve.global_scripts or self.config.server.data_dir / "sieve-global",
+                              max_redirects=sieve.max_redirects, max_actions=sieve.max_actions)
         delivery = LocalDelivery(self.mailstore, self.pools, self.config.server.hostname,
-                                 sieve=SieveFilter(self.mailstore, data_dir / "sieve-global"))
+                                 sieve=scripts)
         delivery.observers.append(self._delivered)
         delivery.send_followups = lambda followups: self.followups.send(followups)
         return delivery
@@ -149,10 +152,13 @@ class Container:
     def managesieve_factory(self) -> Factory:
         """The `managesieve` listener's factory (4190, STARTTLS): each mailbox's Sieve scripts."""
         from cloudmail.sieve.managesieve import ManageSieveFactory
+        sieve = self.config.sieve
         return ManageSieveFactory(self.config.server.hostname, self.authenticator,
                                   self.login_throttle, self.mailstore,
                                   run_blocking=lambda f, *a: self.pools.run("io", f, *a),
-                                  tls_creator=self.certs.server_creator())
+                                  tls_creator=self.certs.server_creator(),
+                                  max_scripts=sieve.max_scripts,
+                                  max_script_size=sieve.max_script_size)
 
     @cached_property
     def resolver(self) -> Resolver:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from cloudmail.errors import ConfigError
 from cloudmail.queue.store import DEFAULT_LIFETIME, DEFAULT_SCHEDULE
+from cloudmail.sieve.scripts import MAX_SCRIPT_SIZE, MAX_SCRIPTS
 
 LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "managesieve", "admin")
 
@@ -211,6 +212,19 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """`[sieve]`: ManageSieve quotas per mailbox (`max_scripts`, `max_script_size` in bytes),
+    the folder of global scripts for `include :global` (None: `data_dir/sieve-global`), and
+    the limits of one run: redirects and actions per message."""
+
+    max_scripts: int = MAX_SCRIPTS
+    max_script_size: int = MAX_SCRIPT_SIZE
+    global_scripts: Path | None = None
+    max_redirects: int = 10
+    max_actions: int = 100
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it came from, or None for the defaults."""
 
@@ -228,6 +242,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -327,7 +342,7 @@ def _config_dir(source: Path | None) -> Path:
 
 def _build(source: Path | None, raw: dict[str, Any]) -> Config:
     known = {"server", "listen", "tls", "database", "directory", "ldap", "admin", "smtp", "imap",
-             "submission", "dns", "queue", "relay"}
+             "submission", "dns", "queue", "relay", "sieve"}
     for name in raw:
         if name not in known:
             where = str(source) if source else "<defaults>"
@@ -349,6 +364,7 @@ def _build(source: Path | None, raw: dict[str, Any]) -> Config:
         dns=_dns(_Table(source, "dns", raw.get("dns", {}))),
         queue=_queue(_Table(source, "queue", raw.get("queue", {}))),
         relay=_relay(_Table(source, "relay", raw.get("relay", {}))),
+        sieve=_sieve(_Table(source, "sieve", raw.get("sieve", {}))),
     )
     _check_cross_section(config)
     return config
@@ -590,6 +606,19 @@ def _relay(t: _Table) -> RelayConfig:
                          verify_certificate=t.take("verify_certificate", bool,
                                                    d.verify_certificate),
                          ca_file=t.path("ca_file", None))
+    t.finish()
+    return config
+
+
+def _sieve(t: _Table) -> SieveConfig:
+    d = SieveConfig()
+    config = SieveConfig(
+        max_scripts=t.whole("max_scripts", d.max_scripts, 1, 1000),
+        max_script_size=t.whole("max_script_size", d.max_script_size, 1024, 1024 * 1024),
+        global_scripts=t.path("global_scripts", None),
+        max_redirects=t.whole("max_redirects", d.max_redirects, 0, 100),
+        max_actions=t.whole("max_actions", d.max_actions, 1, 10_000),
+    )
     t.finish()
     return config
 

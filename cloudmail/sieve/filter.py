@@ -66,9 +66,11 @@ def maildir_flags(flags: tuple[str, ...]) -> str:
 class SieveFilter:
     """Runs the active script of a mailbox (see the module docstring)."""
 
-    def __init__(self, store: MaildirStore, global_dir: Path | None = None) -> None:
+    def __init__(self, store: MaildirStore, global_dir: Path | None = None, *,
+                 max_redirects: int = 10, max_actions: int = 100) -> None:
         self._store = store
         self._global_dir = global_dir
+        self._limits = {"max_redirects": max_redirects, "max_actions": max_actions}
 
     def has_script(self, mailbox: Address) -> bool:
         """Whether the mailbox has an active script (a cheap look at the disk). Blocking."""
@@ -91,7 +93,7 @@ class SieveFilter:
         context = SieveContext(
             mailbox_exists=functools.partial(self._exists, mailbox),
             load_script=functools.partial(self._load, maildir),
-            now=datetime.now(timezone.utc), own_addresses=(str(mailbox),))
+            now=datetime.now(timezone.utc), own_addresses=(str(mailbox),), **self._limits)
         result = run(script, message, SieveEnvelope(sender, recipient), context=context)
         if result.error:
             log.warn("the Sieve script of {mailbox} failed: {error}; keeping the message",

@@ -15,7 +15,7 @@ characters, or too long for one file name in UTF-8. Every write is atomic: a tem
 active link).
 
 Every function here blocks (file system): run them in the io thread pool. The quotas are module
-constants for now (a `[sieve]` config table is planned): `MAX_SCRIPTS` per mailbox and
+defaults of `[sieve] max_scripts` and `max_script_size`: `MAX_SCRIPTS` per mailbox and
 `MAX_SCRIPT_SIZE` bytes per script.
 """
 

@@ -131,6 +131,9 @@ def test_hostname_is_normalised(tmp_path):
     ("[relay]\nprovider = 'mailgun'\nusername = 'u'\n", "[relay] password: username and password go together"),
     ("[relay]\nprovider = 'mailgun'\ntls = 'ssl'\n", "[relay] tls: must be one of starttls, tls, none"),
     ("[relay]\nprovider = 'mailgun'\npassword_file = 'nope'\n", "[relay] password_file: cannot read"),
+    ("[sieve]\nmax_scripts = 0\n", "[sieve] max_scripts: must be a whole number from 1"),
+    ("[sieve]\nmax_script_size = 10\n", "[sieve] max_script_size: must be a whole number from 1024"),
+    ("[sieve]\nquota = 1\n", "[sieve] quota: unknown key"),
 ])
 def test_each_mistake_names_file_table_and_key(tmp_path, text, expected):
     """A wrong config stops with one line naming the file, the table, the key and the problem."""
@@ -220,3 +223,17 @@ def test_container_builds_limits_and_resolver_from_the_config(tmp_path):
         assert resolver._client.servers == [("127.0.0.1", 5353)]
     finally:
         resolver.close()
+
+
+def test_sieve_table_reaches_managesieve_and_delivery(tmp_path):
+    """[sieve] quotas go to the ManageSieve factory; the global script folder defaults to the
+    data folder's sieve-global."""
+    from cloudmail.app import Container
+    config = load_config(write_config(tmp_path / "c.toml", {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "sieve": {"max_scripts": 3, "max_script_size": 4096, "max_redirects": 2}}))
+    container = Container(config)
+    factory = container.managesieve_factory()
+    assert (factory.max_scripts, factory.max_script_size) == (3, 4096)
+    assert config.sieve.global_scripts is None and config.sieve.max_redirects == 2
+    container.pools.stopService()
