@@ -482,6 +482,35 @@ async def test_sieve_connect(container, managesieve, tmp_path):
     assert os.listdir(home / "sieve") == []
 
 
+@pytest.mark.skipif(SIEVE_CONNECT is None, reason="sieve-connect is not installed (Debian "
+                    "package sieve-connect)")
+@pytest_twisted.ensureDeferred
+async def test_sieve_connect_script_files_smtp_mail(container, managesieve, tmp_path):
+    """A filter uploaded and activated with sieve-connect files the next message that arrives
+    over SMTP into the folder it names."""
+    import smtplib
+    await book(container)
+    work = tmp_path / "client"
+    work.mkdir()
+    (work / "lists.sieve").write_text('require ["fileinto", "mailbox"];\n'
+                                      'if exists "list-id" { fileinto :create "Lists"; }\n')
+    port = reactor.listenTCP(0, container.smtp_factory(), interface="127.0.0.1")
+
+    def script():
+        for args in (("--upload", "--localsieve", "lists.sieve"),
+                     ("--activate", "--remotesieve", "lists.sieve")):
+            done = sieve_connect(managesieve, *args, cwd=work)
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+        with smtplib.SMTP("127.0.0.1", port.getHost().port, timeout=10) as client:
+            client.sendmail("news@remote.test", ["alice@example.com"],
+                            "List-Id: <news.remote.test>\r\nSubject: News\r\n\r\nHi\r\n")
+    try:
+        await deferToThread(script)
+    finally:
+        await port.stopListening()
+    assert len(os.listdir(maildir(container) / ".Lists" / "new")) == 1
+
+
 def test_twistd_service_has_the_listener(tmp_path):
     """`[listen] managesieve` makes a listener of the service tree (no longer "a later
     release")."""
