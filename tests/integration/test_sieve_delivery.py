@@ -152,3 +152,21 @@ async def test_vacation_replies_once_and_never_to_lists(mx):
                         b"List-Id: <news.remote.test>\r\n" + MESSAGE, "news@remote.test")
     await until(lambda: len(files(maildir(container, "alice"))) == 3)
     assert len(sink.messages) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_notify_and_editheader(mx):
+    """enotify's mailto sends a short notice from <> marked auto-notified to the URI's address;
+    editheader's changes are in the stored copy."""
+    container, port, sink = mx
+    activate(container, "alice", 'require ["enotify", "editheader"];\n'
+             'addheader "X-Filtered" "yes";\ndeleteheader "Message-ID";\n'
+             'notify :message "Report arrived" "mailto:pager@remote.test";\n')
+    await deferToThread(send, port, ["alice@example.com"])
+    [notice] = await sink.wait_for(1)
+    assert notice.sender == "" and notice.recipients == ["pager@remote.test"]
+    assert b"Auto-Submitted: auto-notified" in notice.data
+    assert b"Subject: Report arrived" in notice.data
+    [stored] = files(maildir(container, "alice"))
+    data = stored.read_bytes()
+    assert b"X-Filtered: yes" in data and b"Message-ID: <r1@remote.test>" not in data
