@@ -30,6 +30,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from cloudmail.address import Address
+from cloudmail.mailstore.folder import split_name
+from cloudmail.mailstore.index import add_pending_keywords
 from cloudmail.mailstore.maildir import INBOX, MaildirStore
 from cloudmail.routing import Resolution
 from cloudmail.sieve.actions import Action
@@ -196,8 +198,9 @@ class LocalDelivery:
                     if verdict is None:
                         self._store_copy(outcome, mailbox, source, prepend, default, "")
                         continue
-                    for folder, flags in verdict.copies:
-                        self._store_copy(outcome, mailbox, verdict.message, b"", folder, flags)
+                    for folder, flags, keywords in verdict.copies:
+                        self._store_copy(outcome, mailbox, verdict.message, b"", folder, flags,
+                                         keywords)
                     outcome.followups.extend(
                         FollowUp(mailbox, resolution.address, envelope.sender,
                                  verdict.message, action=action)
@@ -209,6 +212,10 @@ class LocalDelivery:
         return outcome
 
     def _store_copy(self, outcome: Outcome, mailbox: Address, source: bytes | BinaryIO,
-                    prepend: bytes, folder: str, flags: str) -> None:
+                    prepend: bytes, folder: str, flags: str,
+                    keywords: tuple[str, ...] = ()) -> None:
         copy = self._store.deliver(mailbox, source, prepend=prepend, folder=folder, flags=flags)
+        if keywords:
+            add_pending_keywords(self._store.mailbox_path(mailbox), folder,
+                                 split_name(copy.name)[0], keywords)
         outcome.delivered.append(Delivered(mailbox, folder, str(copy.path), copy.size))

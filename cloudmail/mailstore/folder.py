@@ -243,14 +243,15 @@ def scan(folder: Folder, index: MailIndex, *, force: bool = False) -> Changes:
         if not entry.name.startswith("."):
             on_disk[split_name(entry.name)[0]] = entry
     known = {m.base: m for m in folder.messages.values()}
+    pending = index.pending_keywords(folder.name)
     modseq = folder.highestmodseq
     for base, message in known.items():
         entry = on_disk.get(base)
         if entry is None:
             changes.removed.append(message.uid)
-        elif entry.name != message.name:
+        elif entry.name != message.name or base in pending:
             modseq += 1
-            keywords = frozenset(message.keywords)
+            keywords = frozenset(message.keywords) | frozenset(pending.get(base, ()))
             changes.changed.append(Message(message.uid, base, entry.name,
                                            system_flags(entry.name) | keywords, message.size,
                                            message.internal_date, modseq))
@@ -265,7 +266,9 @@ def scan(folder: Folder, index: MailIndex, *, force: bool = False) -> Changes:
     uid = folder.uidnext
     for mtime, base, name, size in sorted(arrivals):
         modseq += 1
-        changes.added.append(Message(uid, base, name, system_flags(name), size, mtime, modseq))
+        changes.added.append(Message(uid, base, name,
+                                     system_flags(name) | frozenset(pending.get(base, ())),
+                                     size, mtime, modseq))
         uid += 1
     if changes.removed:
         modseq += 1
@@ -276,7 +279,8 @@ def scan(folder: Folder, index: MailIndex, *, force: bool = False) -> Changes:
     index.save_changes(folder.name, uidnext=uid, highestmodseq=modseq,
                        added=[m.row() for m in changes.added],
                        updated=[m.row() for m in changes.changed],
-                       removed=changes.removed, mtimes=changes.mtimes)
+                       removed=changes.removed, mtimes=changes.mtimes,
+                       taken=[base for base in pending if base in on_disk])
     return changes
 
 

@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS messages (
     structure BLOB,
     PRIMARY KEY (folder, uid)
 );
+CREATE TABLE IF NOT EXISTS pending_keywords (
+    folder TEXT NOT NULL,
+    base TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    PRIMARY KEY (folder, base)
+);
 """
 
 
@@ -161,10 +167,18 @@ class MailIndex:
         return [MessageRow(r[0], r[1], r[2], tuple(r[3].split()) if r[3] else (), r[4], r[5],
                            r[6]) for r in rows]
 
+    def pending_keywords(self, folder: str) -> dict[str, tuple[str, ...]]:
+        """Keywords given to delivered messages (by file base name) not yet taken by a scan."""
+        with self._lock:
+            return {base: tuple(keywords.split()) for base, keywords in self._conn.execute(
+                "SELECT base, keywords FROM pending_keywords WHERE folder = ?", (folder,))}
+
     def save_changes(self, folder: str, *, uidnext: int, highestmodseq: int,
                      added: Iterable[MessageRow] = (), updated: Iterable[MessageRow] = (),
-                     removed: Iterable[int] = (), mtimes: tuple[int, int] | None = None) -> None:
-        """Record one batch of changes to a folder in one transaction."""
+                     removed: Iterable[int] = (), mtimes: tuple[int, int] | None = None,
+                     taken: Iterable[str] = ()) -> None:
+        """Record one batch of changes to a folder in one transaction (`taken`: the pending
+        keywords now applied, by base name)."""
         statements: list[tuple[str, tuple]] = [
             ("UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE name = ?",
              (uidnext, highestmodseq, folder))]
@@ -183,6 +197,9 @@ class MailIndex:
                 "uid = ?", (row.name, " ".join(row.keywords), row.modseq, folder, row.uid)))
         for uid in removed:
             statements.append(("DELETE FROM messages WHERE folder = ? AND uid = ?", (folder, uid)))
+        for base in taken:
+            statements.append(("DELETE FROM pending_keywords WHERE folder = ? AND base = ?",
+                               (folder, base)))
         self._write(statements)
 
     def cached_structure(self, folder: str, uids: list[int]) -> dict[int, tuple[bytes, bytes]]:
@@ -207,3 +224,17 @@ class MailIndex:
 
 def _folder(row: tuple) -> FolderRow:
     return FolderRow(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+def add_pending_keywords(mailbox_dir: Path, folder: str, base: str,
+                         keywords: Iterable[str]) -> None:
+    """Give IMAP keywords (which have no letter in a Maildir file name) to a message delivery
+    has just stored as `base` in `folder`: the folder's next scan applies them (blocking)."""
+    connection = sqlite3.connect(str(mailbox_dir / INDEX_FILE), isolation_level=None,
+                                 timeout=30)
+    try:
+        connection.executescript(_SCHEMA)
+        connection.execute("INSERT OR REPLACE INTO pending_keywords VALUES (?, ?, ?)",
+                           (folder, base, " ".join(keywords)))
+    finally:
+        connection.close()

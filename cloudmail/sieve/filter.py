@@ -42,11 +42,11 @@ SCRIPT_CACHE = 256
 @dataclass
 class Verdict:
     """What the script decided for one mailbox: the copies to store as (folder, Maildir flag
-    letters), the message to store (edited by editheader), the actions to carry out after the
-    copies are stored (Redirect, Vacation, Notify), a reject reason, and the action lines for
-    the log."""
+    letters, IMAP keywords), the message to store (edited by editheader), the actions to carry
+    out after the copies are stored (Redirect, Vacation, Notify), a reject reason, and the
+    action lines for the log."""
 
-    copies: list[tuple[str, str]] = field(default_factory=list)
+    copies: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     message: bytes = b""
     followups: list[actions.Action] = field(default_factory=list)
     reject: str | None = None
@@ -58,9 +58,14 @@ def _compiled(text: str) -> Script:
     return compile_script(text)
 
 
-def maildir_flags(flags: tuple[str, ...]) -> str:
-    """The Maildir info letters of the IMAP system flags among `flags`."""
-    return "".join(sorted({FLAG_LETTERS[f.lower()] for f in flags if f.lower() in FLAG_LETTERS}))
+def split_flags(flags: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """IMAP flags as the Maildir info letters of the system flags, and the keywords (kept in
+    the IMAP index: they have no letter)."""
+    letters = "".join(sorted({FLAG_LETTERS[f.lower()] for f in flags
+                              if f.lower() in FLAG_LETTERS}))
+    keywords = tuple(f for f in flags
+                     if f.lower() not in FLAG_LETTERS and not f.startswith("\\"))
+    return letters, keywords
 
 
 class SieveFilter:
@@ -106,12 +111,12 @@ class SieveFilter:
     def _apply(self, mailbox: Address, action: actions.Action, verdict: Verdict,
                default_folder: str) -> None:
         if isinstance(action, actions.Keep):
-            verdict.copies.append((default_folder, maildir_flags(action.flags)))
+            verdict.copies.append((default_folder, *split_flags(action.flags)))
         elif isinstance(action, actions.FileInto):
             folder = action.mailbox
             if not (action.create or self._exists(mailbox, folder)) or not _valid(folder):
                 folder = INBOX
-            verdict.copies.append((folder, maildir_flags(action.flags)))
+            verdict.copies.append((folder, *split_flags(action.flags)))
         elif isinstance(action, actions.Reject):
             verdict.reject = action.reason
         elif isinstance(action, actions.Redirect) and action.suppressed is None:

@@ -15,6 +15,7 @@ from twisted.internet.threads import deferToThread
 
 from cloudmail.address import Address
 from cloudmail.sieve.scripts import ScriptStore
+from tests.integration import test_imap
 from tests.outbound import until
 
 MESSAGE = (b"From: Dave <dave@remote.test>\r\nTo: alice@example.com\r\n"
@@ -170,3 +171,26 @@ async def test_notify_and_editheader(mx):
     [stored] = files(maildir(container, "alice"))
     data = stored.read_bytes()
     assert b"X-Filtered: yes" in data and b"Message-ID: <r1@remote.test>" not in data
+
+
+imap = test_imap.imap  # the IMAP listener fixture, over the `container` fixture
+
+
+@pytest_twisted.ensureDeferred
+async def test_flags_and_keywords_reach_imap(container, imap):
+    """imap4flags flags set by the script are what an IMAP client sees: system flags from the
+    Maildir file name, keywords (which have no letter there) from the index."""
+    from tests.integration.test_smtp_inbound import book
+    await book(container)
+    activate(container, "alice", 'require ["fileinto", "imap4flags", "mailbox"];\n'
+             'fileinto :create :flags ["\\\\Flagged", "$Label1", "project"] "Work";\n')
+    await test_imap.deliver(container, MESSAGE)
+
+    def look():
+        client = test_imap.client(imap)
+        client.select_folder("Work")
+        flags = client.get_flags(client.search("ALL"))
+        client.logout()
+        return flags
+    [flags] = (await deferToThread(look)).values()
+    assert set(flags) - {b"\\Recent"} == {b"\\Flagged", b"$Label1", b"project"}
