@@ -11,7 +11,8 @@ live in two mixins by state: `mailboxes.py` (authenticated) and `messages.py` (s
 - Before TLS, LOGIN and AUTHENTICATE are refused and `LOGINDISABLED` is advertised (RFC 3501
   6.2.3, RFC 8314); STARTTLS drops whatever the client pipelined after it in plaintext.
 - A failed login is answered after a delay that grows with the failures of the client IP and of
-  the account (`directory.throttle`); the session ends after `MAX_LOGIN_FAILURES`.
+  the account (`directory.throttle`); the session ends after `MAX_LOGIN_FAILURES`. (The session
+  plumbing shared with ManageSieve, login throttling included, is `cloudmail.session`.)
 - A handler that fails unexpectedly answers `NO [SERVERBUG]` and the session goes on.
 """
 
@@ -19,18 +20,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, task
-from twisted.internet.interfaces import (IOpenSSLServerConnectionCreator, ISSLTransport,
-                                         ITCPTransport)
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import defer
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITCPTransport
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from cloudmail.address import AddressError, parse_address
@@ -45,17 +42,11 @@ from cloudmail.imap.tokens import LiteralFile
 from cloudmail.imap.wire import (CommandError, CommandReader, ContinuationNeeded, RawCommand,
                                  Refused, parse_command)
 from cloudmail.mailstore.account import MailAccount, MailAccounts
+from cloudmail.session import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, CommandSession
 
 log = Logger()
 
-NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", \
-    "selected", "logout"
-MAX_LOGIN_FAILURES = 5
-#: RFC 3501 5.4: at least 30 minutes for an authenticated client; less before login.
-IDLE_TIMEOUT = 30 * 60
-LOGIN_TIMEOUT = 60
-#: Pause reading when this many commands wait behind the one running.
-MAX_QUEUED = 64
+SELECTED = "selected"
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                      "UIDPLUS", "MOVE", "SPECIAL-USE", "CHILDREN", "UNSELECT", "CONDSTORE",
                      "LIST-EXTENDED", "LIST-STATUS", "UTF8=ACCEPT")
@@ -79,73 +70,49 @@ STATES: dict[str, tuple[str, ...]] = {
 NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
 
 
-class ImapServer(MailboxCommands, MessageCommands, Protocol, TimeoutMixin):
+class ImapServer(MailboxCommands, MessageCommands, CommandSession):
     """One IMAP session."""
 
+    PROTOCOL = "IMAP"
+    #: RFC 3501 5.4: the autologout timer.
+    IDLE_BYE = b"* BYE Autologout; idle for too long"
+    TOO_MANY_FAILURES = b"* BYE Too many failed logins"
     factory: ImapFactory
 
     def __init__(self) -> None:
-        self.state = NOT_AUTHENTICATED
-        self.tls = False
+        super().__init__()
         self.account: MailAccount | None = None
-        self.login: str | None = None
         self.selected: SelectedFolder | None = None
         self.enabled: set[str] = set()
-        self.session_id = f"{secrets.randbits(48):012x}"
-        self.peer_ip = ""
-        self._pending: deque[RawCommand | Refused] = deque()
-        self._busy = False
-        self._closing = False
-        self._paused = False
-        self._line_waiter: defer.Deferred[RawCommand] | None = None
-        self._failures = 0
         self.reader: CommandReader | None = None
 
     # --- connection ------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.peer_ip = getattr(self.transport.getPeer(), "host", "")
         # A response written in two parts must not wait for the client's delayed ACK (under
         # implicit TLS the TCP transport is the TLS layer's own).
         tcp = getattr(self.transport, "transport", self.transport)
         if ITCPTransport.providedBy(tcp):
             tcp.setTcpNoDelay(True)
-        self.tls = ISSLTransport.providedBy(self.transport)
-        self.reader = self.factory.new_reader()
-        self.setTimeout(LOGIN_TIMEOUT)
+        super().connectionMade()
         self.send(b"* OK [CAPABILITY %s] %s IMAP4rev1 ready"
                   % (self.capabilities(), self.factory.hostname.encode()))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
-        self.setTimeout(None)
-        self._closing = True
-        if self.reader is not None:
-            self.reader.close()
-        for event in self._pending:
-            _discard_literals(event)
-        self._pending.clear()
-        if self._line_waiter is not None:
-            waiter, self._line_waiter = self._line_waiter, None
-            waiter.errback(ConnectionError("connection lost"))
+        super().connectionLost(reason)
         self.deselect()
         if self.account is not None:
             account, self.account = self.account, None
             defer.ensureDeferred(self.factory.accounts.release(account)).addErrback(
                 lambda failure: log.failure("closing the mail account failed", failure))
 
-    def timeoutConnection(self) -> None:
-        """RFC 3501 5.4: the autologout timer."""
-        self.send(b"* BYE Autologout; idle for too long")
-        self.close()
-
-    def close(self) -> None:
-        self._closing = True
-        self.transport.loseConnection()
-
-    def send(self, line: bytes) -> None:
-        """Write one response line (CRLF added)."""
-        if not self._closing:
-            self.transport.write(line + b"\r\n")
+    def _drop_input(self) -> None:
+        """Forget the commands received and not run yet, and the literal being received."""
+        if self.reader is not None:
+            self.reader.close()
+        for event in self._pending:
+            _discard_literals(event)
+        self._pending.clear()
 
     def send_lines(self, lines: list[bytes]) -> None:
         if lines and not self._closing:
@@ -153,52 +120,25 @@ class ImapServer(MailboxCommands, MessageCommands, Protocol, TimeoutMixin):
 
     # --- input -----------------------------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
+    def events(self, data: bytes) -> Iterator[RawCommand | Refused]:
         assert self.reader is not None
         for event in self.reader.feed(data):
             if isinstance(event, ContinuationNeeded):
                 self.send(b"+ Ready for literal data")
             else:
-                self._pending.append(event)
-        self._drain()
+                yield event
 
-    def _drain(self) -> None:
-        while self._pending and not self._closing and (self._line_waiter or not self._busy):
-            event = self._pending.popleft()
-            if self._line_waiter is not None:
-                waiter, self._line_waiter = self._line_waiter, None
-                waiter.callback(event)
-                continue
-            if isinstance(event, Refused):
-                code = f"[{event.code}] " if event.code else ""
-                self.send(f"{event.tag or '*'} BAD {code}{event.text}".encode())
-                continue
-            try:
-                command = parse_command(event)
-            except CommandError as e:
-                _discard_literals(event)
-                self.send(f"{e.tag or '*'} BAD {e.text}".encode())
-                continue
-            self._busy = True
-            defer.ensureDeferred(self._run(command)).addBoth(self._finished)
-        waiting = len(self._pending) > MAX_QUEUED
-        if waiting != self._paused:
-            self._paused = waiting
-            (self.transport.pauseProducing if waiting else self.transport.resumeProducing)()
-
-    def _finished(self, _: object) -> None:
-        self._busy = False
-        self._drain()
-
-    async def next_line(self) -> RawCommand:
-        """The client's next line, for a command in a dialogue (AUTHENTICATE, IDLE)."""
-        self._line_waiter = defer.Deferred()
-        result = self._line_waiter
-        self._drain()
-        return await result
+    def command(self, event: RawCommand | Refused) -> Any:
+        if isinstance(event, Refused):
+            code = f"[{event.code}] " if event.code else ""
+            self.send(f"{event.tag or '*'} BAD {code}{event.text}".encode())
+            return None
+        try:
+            return parse_command(event)
+        except CommandError as e:
+            _discard_literals(event)
+            self.send(f"{e.tag or '*'} BAD {e.text}".encode())
+            return None
 
     async def _run(self, command: Any) -> None:
         name, tag = command.name, command.tag
@@ -277,14 +217,7 @@ class ImapServer(MailboxCommands, MessageCommands, Protocol, TimeoutMixin):
         if self.tls or self.factory.tls_creator is None:
             raise Bad("TLS is active already" if self.tls else "STARTTLS is not available")
         self.send(f"{command.tag} OK Begin TLS negotiation now".encode())
-        for event in self._pending:
-            _discard_literals(event)
-        self._pending.clear()
-        assert self.reader is not None
-        self.reader.close()
-        self.reader = self.factory.new_reader()
-        self.transport.startTLS(self.factory.tls_creator)
-        self.tls = True
+        self.start_tls()
         return None
 
     async def cmd_LOGIN(self, command: Any) -> Done:
@@ -324,34 +257,15 @@ class ImapServer(MailboxCommands, MessageCommands, Protocol, TimeoutMixin):
         return await self._authenticate(username, password)
 
     async def _authenticate(self, username: str, password: str) -> Done:
-        throttle = self.factory.throttle
         try:
-            login = await self.factory.authenticator.authenticate(username, password)
-        except AuthenticationFailed:
-            self._failures += 1
-            delay = throttle.failed(self.peer_ip, username)
-            log.info("IMAP login failed for {username} from [{client_ip}] (failure {count}); "
-                     "answering in {delay:.0f} s", username=username, client_ip=self.peer_ip,
-                     count=self._failures, delay=delay)
-            if delay:
-                await task.deferLater(reactor, delay, lambda: None)
-            if self._failures >= MAX_LOGIN_FAILURES:
-                self.send(b"* BYE Too many failed logins")
-                self.close()
+            login = await self.check_password(username, password)
+            address = parse_address(login.mailbox, app=None)
+        except (AuthenticationFailed, AddressError):
             raise No("Authentication failed", "AUTHENTICATIONFAILED") from None
         except DirectoryUnavailable:
             raise No("the directory is unavailable, try again later", "UNAVAILABLE") from None
-        throttle.succeeded(username)
-        try:
-            address = parse_address(login.mailbox, app=None)
-        except AddressError:
-            raise No("Authentication failed", "AUTHENTICATIONFAILED") from None
         self.account = await self.factory.accounts.open(address)
-        self.login = login.mailbox
-        self.state = AUTHENTICATED
-        self.setTimeout(IDLE_TIMEOUT)
-        log.info("IMAP login {mailbox} from [{client_ip}] session {session_id}",
-                 mailbox=login.mailbox, client_ip=self.peer_ip, session_id=self.session_id)
+        self.logged_in(login.mailbox)
         return Done("Logged in", f"CAPABILITY {self.capabilities().decode()}")
 
     def enter_selected(self, view: SelectedFolder) -> None:

@@ -1,7 +1,8 @@
 """Our ManageSieve server (RFC 5804) on a Twisted `Protocol`, and its factory.
 
 Users upload, check, list, fetch, rename, delete and activate the Sieve scripts of their mailbox
-(stored by `cloudmail.sieve.scripts`, as Dovecot stores them). Like our IMAP server:
+(stored by `cloudmail.sieve.scripts`, as Dovecot stores them). Like our IMAP server (the session
+plumbing both share is `cloudmail.session`):
 
 - Before TLS, `SASL` is advertised empty and AUTHENTICATE is refused (`NO (ENCRYPT-NEEDED)`);
   STARTTLS drops whatever the client pipelined after it, and the capabilities are sent again
@@ -24,18 +25,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, reactor, task
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import defer
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
-from twisted.python.failure import Failure
 
 from cloudmail.address import AddressError, parse_address
 from cloudmail.directory.cred import Authenticator
@@ -45,20 +42,16 @@ from cloudmail.mailstore.maildir import MaildirStore
 from cloudmail.sieve import scripts
 from cloudmail.sieve.checker import SUPPORTED_EXTENSIONS, compile_script
 from cloudmail.sieve.scripts import ScriptError, ScriptStore
+from cloudmail.session import (AUTHENTICATED, LOGIN_TIMEOUT, LOGOUT, NOT_AUTHENTICATED,
+                               CommandSession)
 
 log = Logger()
 
-NOT_AUTHENTICATED, AUTHENTICATED, LOGOUT = "not authenticated", "authenticated", "logout"
 IMPLEMENTATION = "cloudmail"
-MAX_LOGIN_FAILURES = 5
-IDLE_TIMEOUT = 30 * 60
-LOGIN_TIMEOUT = 60
 #: The longest command text (without its literals).
 MAX_LINE = 8 * 1024
 #: RFC 5804 4: a quoted string holds at most 1024 octets; longer text goes as a literal.
 MAX_QUOTED = 1024
-#: Pause reading when this many commands wait behind the one running.
-MAX_QUEUED = 64
 _MARKER = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 _TAIL = 32
 ANY = (NOT_AUTHENTICATED, AUTHENTICATED)
@@ -277,55 +270,23 @@ def _string(value: Atom | bytes, what: str) -> str:
 
 # --- the session -----------------------------------------------------------------------------------
 
-class ManageSieveServer(Protocol, TimeoutMixin):
+class ManageSieveServer(CommandSession):
     """One ManageSieve session."""
 
+    PROTOCOL = "ManageSieve"
+    IDLE_BYE = b'BYE (TRYLATER) "idle for too long"'
+    TOO_MANY_FAILURES = b'BYE "Too many failed logins"'
     factory: ManageSieveFactory
 
     def __init__(self) -> None:
-        self.state = NOT_AUTHENTICATED
-        self.tls = False
-        self.login: str | None = None
+        super().__init__()
         self.store: ScriptStore | None = None
-        self.session_id = f"{secrets.randbits(48):012x}"
-        self.peer_ip = ""
         self.reader = LineReader()
-        self._pending: deque[Line | Refused] = deque()
-        self._busy = False
-        self._closing = False
-        self._paused = False
-        self._line_waiter: defer.Deferred[Line | Refused] | None = None
-        self._failures = 0
-
-    # --- connection --------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.peer_ip = getattr(self.transport.getPeer(), "host", "")
-        self.tls = ISSLTransport.providedBy(self.transport)
-        self.reader = self.factory.new_reader()
-        self.setTimeout(LOGIN_TIMEOUT)
+        super().connectionMade()
         self.send_capabilities()
         self.send(b'OK "' + self.factory.hostname.encode() + b' ManageSieve ready"')
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
-        self.setTimeout(None)
-        self._closing = True
-        self._pending.clear()
-        if self._line_waiter is not None:
-            waiter, self._line_waiter = self._line_waiter, None
-            waiter.errback(ConnectionError("connection lost"))
-
-    def timeoutConnection(self) -> None:
-        self.send(b'BYE (TRYLATER) "idle for too long"')
-        self.close()
-
-    def close(self) -> None:
-        self._closing = True
-        self.transport.loseConnection()
-
-    def send(self, line: bytes) -> None:
-        if not self._closing:
-            self.transport.write(line + b"\r\n")
 
     def respond(self, status: str, text: str, code: str | None = None) -> None:
         code_part = f"({code}) ".encode() if code else b""
@@ -333,40 +294,11 @@ class ManageSieveServer(Protocol, TimeoutMixin):
 
     # --- input -------------------------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
-        self._pending.extend(self.reader.feed(data))
-        self._drain()
-
-    def _drain(self) -> None:
-        while self._pending and not self._closing and (self._line_waiter or not self._busy):
-            event = self._pending.popleft()
-            if self._line_waiter is not None:
-                waiter, self._line_waiter = self._line_waiter, None
-                waiter.callback(event)
-                continue
-            if isinstance(event, Refused):
-                self.respond("NO", event.text, event.code)
-                continue
-            self._busy = True
-            defer.ensureDeferred(self._run(event)).addBoth(self._finished)
-        waiting = len(self._pending) > MAX_QUEUED
-        if waiting != self._paused:
-            self._paused = waiting
-            (self.transport.pauseProducing if waiting else self.transport.resumeProducing)()
-
-    def _finished(self, _: object) -> None:
-        self._busy = False
-        self._drain()
-
-    async def next_line(self) -> Line | Refused:
-        """The client's next line, for a command in a dialogue (AUTHENTICATE)."""
-        self._line_waiter = defer.Deferred()
-        result = self._line_waiter
-        self._drain()
-        return await result
+    def command(self, event: Line | Refused) -> Line | None:
+        if isinstance(event, Refused):
+            self.respond("NO", event.text, event.code)
+            return None
+        return event
 
     async def _run(self, line: Line) -> None:
         name = "?"
@@ -458,10 +390,7 @@ class ManageSieveServer(Protocol, TimeoutMixin):
         if self.tls or self.factory.tls_creator is None:
             raise No("TLS is active already" if self.tls else "STARTTLS is not available")
         self.respond("OK", "Begin TLS negotiation now")
-        self._pending.clear()
-        self.reader = self.factory.new_reader()
-        self.transport.startTLS(self.factory.tls_creator)
-        self.tls = True
+        self.start_tls()
         # RFC 5804 2.2: after a successful TLS negotiation, the capabilities again.
         self.send_capabilities()
         self.respond("OK", "TLS negotiation successful")
@@ -500,37 +429,17 @@ class ManageSieveServer(Protocol, TimeoutMixin):
         return await self._authenticate(username, password)
 
     async def _authenticate(self, username: str, password: str) -> str:
-        throttle = self.factory.throttle
         try:
-            login = await self.factory.authenticator.authenticate(username, password)
-        except AuthenticationFailed:
-            self._failures += 1
-            delay = throttle.failed(self.peer_ip, username)
-            log.info("ManageSieve login failed for {username} from [{client_ip}] (failure "
-                     "{count}); answering in {delay:.0f} s", username=username,
-                     client_ip=self.peer_ip, count=self._failures, delay=delay)
-            if delay:
-                await task.deferLater(reactor, delay, lambda: None)
-            if self._failures >= MAX_LOGIN_FAILURES:
-                self.respond("BYE", "Too many failed logins")
-                self.close()
-                raise ConnectionError("too many failed logins") from None
+            login = await self.check_password(username, password)
+            address = parse_address(login.mailbox, app=None)
+        except (AuthenticationFailed, AddressError):
             raise No("Authentication failed") from None
         except DirectoryUnavailable:
             raise No("the directory is unavailable, try again later", "TRYLATER") from None
-        throttle.succeeded(username)
-        try:
-            address = parse_address(login.mailbox, app=None)
-        except AddressError:
-            raise No("Authentication failed") from None
         maildir = await self._blocking(self.factory.mailstore.ensure_folder, address)
         self.store = ScriptStore(maildir, max_scripts=self.factory.max_scripts,
                                  max_size=self.factory.max_script_size)
-        self.login = login.mailbox
-        self.state = AUTHENTICATED
-        self.setTimeout(IDLE_TIMEOUT)
-        log.info("ManageSieve login {mailbox} from [{client_ip}] session {session_id}",
-                 mailbox=login.mailbox, client_ip=self.peer_ip, session_id=self.session_id)
+        self.logged_in(login.mailbox)
         return "Logged in"
 
     # --- authenticated -----------------------------------------------------------------------
