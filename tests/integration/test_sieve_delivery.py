@@ -194,3 +194,21 @@ async def test_flags_and_keywords_reach_imap(container, imap):
         return flags
     [flags] = (await deferToThread(look)).values()
     assert set(flags) - {b"\\Recent"} == {b"\\Flagged", b"$Label1", b"project"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_include_personal_and_global_scripts(mx):
+    """include (RFC 6609) finds personal scripts among the mailbox's own and global ones in
+    the server's global folder (`[sieve] global_scripts`, by default data/sieve-global)."""
+    container, port, _ = mx
+    store = ScriptStore(container.mailstore.mailbox_path(Address("alice", "example.com")))
+    store.put("reports", 'require ["fileinto", "mailbox"];\n'
+                         'if header :contains "subject" "report" { fileinto :create "R"; }')
+    global_dir = container.config.server.data_dir / "sieve-global"
+    global_dir.mkdir()
+    (global_dir / "flag.sieve").write_text('require "imap4flags"; addflag "\\\\Flagged";')
+    activate(container, "alice", 'require "include";\n'
+             'include :global "flag";\ninclude :personal "reports";\n')
+    await deferToThread(send, port, ["alice@example.com"])
+    [stored] = files(maildir(container, "alice", ".R"))
+    assert stored.name.endswith(":2,F")
