@@ -76,7 +76,8 @@ class Container:
 
     @cached_property
     def authenticator(self) -> Authenticator:
-        return Authenticator(self.accounts, self.directory, self.pools)
+        return Authenticator(self.accounts, self.directory, self.pools,
+                             generation=lambda: self.database.generation)
 
     @cached_property
     def checker(self) -> MailboxChecker:
