@@ -63,6 +63,20 @@ SMTP_SETTINGS = {"smtp": {"dnsbl_zones": [], "iprev": False, "authenticate": Fal
                           "max_connections_per_ip": 10_000}}
 
 
+#: A typical user's filter for `--sieve`: lists, senders and subjects sorted into folders, a
+#: flag for one sender; nothing matches the benchmark's messages, so each is kept in INBOX
+#: after every test has run.
+SIEVE_SCRIPT = """require ["fileinto", "imap4flags", "mailbox", "variables", "envelope"];
+if exists "list-id" { fileinto :create "Lists"; stop; }
+if header :contains "subject" ["[SPAM]", "viagra", "lottery"] { fileinto "Spam"; stop; }
+if address :domain "from" ["github.com", "gitlab.com"] { fileinto :create "Dev"; stop; }
+if envelope :localpart "from" "noreply" { fileinto :create "Notifications"; stop; }
+if header :matches "subject" "Invoice *" { set "n" "${1}"; fileinto :create "Bills"; stop; }
+if address :is "from" "boss@example.com" { addflag "\\\\Flagged"; }
+if size :over 10M { fileinto :create "Big"; stop; }
+"""
+
+
 def message(size: int, n: int) -> bytes:
     """An RFC 5322 message of about `size` bytes, CRLF line ends, dot-stuffing not needed."""
     head = (f"From: load@client.test\r\nTo: {LOCAL}@{DOMAIN}\r\nSubject: benchmark {n}\r\n"
@@ -176,7 +190,13 @@ async def run_rate(port: int, rate: float, total: int, size: int,
 def one_run(args: argparse.Namespace, run: int) -> dict:
     with fresh_server(args, "smtp-bench-", ("smtp",), 512, SMTP_SETTINGS,
                       args.profile) as server:
-        new = server.make_mailbox() / "new"
+        maildir = server.make_mailbox()
+        if args.sieve:
+            from cloudmail.sieve.scripts import ScriptStore
+            store = ScriptStore(maildir)
+            store.put("bench", SIEVE_SCRIPT)
+            store.set_active("bench")
+        new = maildir / "new"
         port = server.ports["smtp"]
         tls = tls_context() if args.tls else None
         # One warm-up message so imports, the database and the Maildir folders are ready.
@@ -199,6 +219,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict:
             "run": run,
             "mode": f"rate {args.rate:g}/s" if args.rate else f"{args.sessions} sessions",
             "tls": bool(args.tls),
+            "sieve": bool(args.sieve),
             "messages": args.messages,
             "accepted_250": len(lat),
             "files_in_new": on_disk,
@@ -225,7 +246,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict:
 
 
 def print_report(r: dict) -> None:
-    print(f"run {r['run']}: {r['mode']}{' TLS' if r['tls'] else ''}, "
+    print(f"run {r['run']}: {r['mode']}{' TLS' if r['tls'] else ''}{' with a Sieve filter' if r.get('sieve') else ''}, "
           f"{r['accepted_250']}/{r['messages']} accepted, "
           f"{r['files_in_new']} files in new/, {r['errors']} errors\n"
           f"  {r['msgs_per_s_on_disk']} msg/s on disk over {r['elapsed_s']} s; "
@@ -250,6 +271,8 @@ def main() -> None:
                         help="send at this fixed rate (messages/s) instead of as fast as possible")
     parser.add_argument("--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument("--tls", action="store_true", help="STARTTLS on every connection")
+    parser.add_argument("--sieve", action="store_true",
+                        help="give the mailbox an active Sieve filter (SIEVE_SCRIPT)")
     parser.add_argument("--runs", type=int, default=1, help="repeat on a fresh server")
     add_output_options(parser, "print one JSON object per run",
                        "run twistd under cProfile and save the stats to this file")
