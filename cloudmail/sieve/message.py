@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 from dataclasses import dataclass, field
 from email.header import Header, decode_header, make_header
 from email.message import Message
@@ -36,11 +37,15 @@ def encode_words(value: str) -> str:
 
 def parse_addresses(values: list[str]) -> list[str]:
     """The addr-specs in address header values, groups flattened, empty ones dropped."""
-    found = []
-    for _, address in getaddresses(values):
-        if address and address != "<>":
-            found.append(address.strip())
-    return found
+    return list(_addresses(tuple(values)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    """`parse_addresses`, remembered: a script's address tests ask about the same few fields
+    of one message again and again, and the email package's parser is slow."""
+    return tuple(address.strip() for _, address in getaddresses(list(values))
+                 if address and address != "<>")
 
 
 @dataclass
