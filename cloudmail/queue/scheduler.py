@@ -42,6 +42,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cloudmail.config import QueueConfig
 from cloudmail.queue.dsn import FailedRecipient, build_dsn, should_bounce
@@ -299,7 +300,7 @@ class OutboundQueue(Service):
 
         def done(result: Any) -> None:
             self._running.discard(running)
-            if isinstance(result, Exception) or hasattr(result, "getTraceback"):
+            if isinstance(result, Failure):
                 log.failure("outbound queue work failed", result)
         running.addBoth(done)
 

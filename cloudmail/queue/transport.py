@@ -102,6 +102,7 @@ class Transport:
             from twisted.internet import reactor as clock
         self._clock = clock
         self._sessions = SessionCache(clock)
+        self._relay_creators: dict[str, IOpenSSLClientConnectionCreator] = {}
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._resolver = resolver
         self._settings = settings
@@ -213,16 +214,22 @@ class Transport:
 
     def _relay_tls(self, host: str) -> IOpenSSLClientConnectionCreator:
         """The relay's certificate checked against `relay_ca_file` or the system's roots, or
-        not at all when `verify_relay` is off."""
-        if not self._settings.verify_relay:
-            return OpportunisticTls(host)
-        trust = None
-        if self._settings.relay_ca_file is not None:
-            pem = self._settings.relay_ca_file.read_bytes()
-            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem)])
-        return ssl.optionsForClientTLS(host, trustRoot=trust,
-                                       extraCertificateOptions={
-                                           "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+        not at all when `verify_relay` is off. Made once per host: building it reads the CA
+        file and loads the trust store, work for neither every connection nor the reactor."""
+        creator = self._relay_creators.get(host)
+        if creator is None:
+            if not self._settings.verify_relay:
+                creator = OpportunisticTls(host)
+            else:
+                trust = None
+                if self._settings.relay_ca_file is not None:
+                    pem = self._settings.relay_ca_file.read_bytes()
+                    trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem)])
+                creator = ssl.optionsForClientTLS(host, trustRoot=trust,
+                                                  extraCertificateOptions={
+                                                      "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+            self._relay_creators[host] = creator
+        return creator
 
     def close(self) -> None:
         """End the SMTP sessions kept open for the next message (at shutdown)."""

@@ -27,9 +27,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from cloudmail.address import AddressError, normalize_domain
 from cloudmail.delivery import FollowUp
-from cloudmail.errors import NotFound
 from cloudmail.interfaces import IAccounts
 from cloudmail.mailer import Mailer
 from cloudmail.mailstore.maildir import MaildirStore
@@ -38,7 +36,7 @@ from cloudmail.sieve import actions
 from cloudmail.sieve.vacation import build_reply
 from cloudmail.sieve.vacation_log import claim_reply
 from cloudmail.smtp.inbound import new_queue_id
-from cloudmail.smtp.sending import sign, sign_as_author
+from cloudmail.smtp.sending import sign_as_author
 from cloudmail.srs import Srs
 
 log = Logger()
@@ -75,14 +73,9 @@ class FollowUpSender:
                             mailbox=str(followup.mailbox))
 
     async def _redirect(self, followup: FollowUp, action: actions.Redirect) -> None:
-        message = _without_return_path(followup.message)
-        domain = followup.mailbox.domain
-        try:
-            keys = (await self._accounts.get_domain(normalize_domain(domain))).signing_keys
-        except (NotFound, AddressError):
-            keys = []
-        if keys:
-            message = await self._run_io(sign, message, domain, keys)
+        message = await sign_as_author(self._accounts, self._run_io,
+                                       _without_return_path(followup.message),
+                                       str(followup.mailbox))
         sender = self._srs.forward(followup.sender) if followup.sender else ""
         sent = await self._mailer.send(sender, [action.address], message)
         log.info("redirected mail for {mailbox} to <{address}> from <{sender}>{queued}",
